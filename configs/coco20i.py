@@ -1,0 +1,12 @@
+"""COCO-20i with PANet's consecutive class blocks (``coco_split='interleaved'`` for later work).
+``--config=configs/coco20i.py:fold=0,shot=5``."""
+
+from panet_jax.config_base import apply_arg, base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.data.dataset = "coco20i"
+    c.data.coco_split = "panet"
+    c.model.pretrained = "pretrained_model/vgg16-397923af.pth"
+    return apply_arg(c, arg)

@@ -1,0 +1,96 @@
+"""The DeepLab-v1 style VGG-16 encoder of the official PANet (``models/vgg.py``).
+
+13 bias-carrying 3x3 convs, no batch norm. Max-pool (k3, s2, p1) after blocks 1-3, a
+stride-1 max-pool (k3, s1, p1) after block 4, dilation 2 in block 5, and **no ReLU after
+conv5_3**, so the 512-channel embedding is signed. Output stride 8: 417 -> 209 -> 105 -> 53.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (name, output channels, dilation) in torchvision ``features`` order.
+VGG16_LAYERS: tuple[tuple[str, int, int], ...] = (
+    ("conv1_1", 64, 1), ("conv1_2", 64, 1),
+    ("conv2_1", 128, 1), ("conv2_2", 128, 1),
+    ("conv3_1", 256, 1), ("conv3_2", 256, 1), ("conv3_3", 256, 1),
+    ("conv4_1", 512, 1), ("conv4_2", 512, 1), ("conv4_3", 512, 1),
+    ("conv5_1", 512, 2), ("conv5_2", 512, 2), ("conv5_3", 512, 2),
+)  # fmt: skip
+# Pooling after the last conv of each block: (kernel, stride); padding 1 everywhere.
+_POOL_AFTER = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1}
+
+# PyTorch's kaiming_normal_(nonlinearity='relu'), fan_in, untruncated normal.
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_default_bias_init(fan_in: int):
+    """PyTorch's default conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count under a width multiplier (at least 1)."""
+    return max(1, round(channels * width))
+
+
+def output_size(size: int) -> int:
+    """Feature size for an input side of ``size`` (three k3/s2/p1 pools): 417 -> 53."""
+    for _ in range(3):
+        size = (size + 2 - 3) // 2 + 1
+    return size
+
+
+class VGG16Encoder(nn.Module):
+    """VGG-16 trunk, ``[B, H, W, 3] -> [B, h, w, C]`` with ``h = output_size(H)``.
+
+    Attributes:
+      width: channel multiplier (1.0 = the real VGG-16, 512 output channels; tests and the
+        synthetic demo use e.g. 1/16).
+      dtype: compute dtype (``jnp.bfloat16`` on GPU/TPU); params stay float32 and the output
+        is returned in float32.
+    """
+
+    width: float = 1.0
+    dtype: Any = jnp.float32
+
+    @property
+    def out_channels(self) -> int:
+        return scaled_channels(512, self.width)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"VGG16Encoder expects [B, H, W, 3] images, got shape {x.shape}")
+        x = x.astype(self.dtype)
+        in_ch = 3
+        for name, ch, dil in VGG16_LAYERS:
+            out_ch = scaled_channels(ch, self.width)
+            x = nn.Conv(
+                out_ch,
+                (3, 3),
+                padding=((dil, dil), (dil, dil)),
+                kernel_dilation=(dil, dil),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=kaiming_normal,
+                bias_init=torch_default_bias_init(9 * in_ch),
+                name=name,
+            )(x)
+            in_ch = out_ch
+            if name != "conv5_3":  # lastRelu=False
+                x = nn.relu(x)
+            if name in _POOL_AFTER:
+                s = _POOL_AFTER[name]
+                x = nn.max_pool(x, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
+        return x.astype(jnp.float32)

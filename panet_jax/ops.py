@@ -1,0 +1,281 @@
+"""Pure PANet operations: masked average pooling, prototypes, cosine scoring, PAR.
+
+Every function here is pure, ``jax.jit``-able and ``jax.vmap``-able, and follows the
+official PyTorch code (kaixin96/PANet, ``models/fewshot.py``) number for number; see
+``shared/reference/panet_official.md`` sections 2, 3 and 10.
+
+Shape letters: ``N`` ways, ``K`` shots, ``Q`` queries, ``C`` feature channels,
+``h x w`` feature resolution, ``H x W`` image (mask) resolution, ``P`` prototypes.
+Feature maps are channels-last (``[..., h, w, C]``). Per-episode functions take
+unbatched arrays; use ``jax.vmap`` for a batch of episodes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+IGNORE_LABEL = 255
+MAP_EPS = 1e-5  # masked-average-pooling denominator epsilon (official getFeatures / alignLoss)
+COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity default
+DEFAULT_SCALE = 20.0  # the paper's alpha
+# The few-shot head is cheap next to the encoder; keep it exact on every backend.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# --------------------------------------------------------------------------------------
+# Bilinear resizing with PyTorch's align_corners=False semantics.
+# --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out_size, in_size]`` matrix of ``F.interpolate(mode='bilinear')`` along one axis.
+
+    PyTorch (``align_corners=False``): the source coordinate of output index ``i`` is
+    ``max((i + 0.5) * in/out - 0.5, 0)``; it interpolates between ``floor(src)`` and the next
+    index, clamped to the last one. No antialiasing, also when downsampling.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"bilinear_matrix sizes must be positive, got {in_size} -> {out_size}")
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i0 = np.minimum(i0, in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = src - i0
+    m = np.zeros((out_size, in_size), np.float64)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
+    m.setflags(write=False)
+    return m
+
+
+def _matrices(in_hw: tuple[int, int], out_hw: tuple[int, int], dtype) -> tuple[Array, Array]:
+    rh = jnp.asarray(bilinear_matrix(in_hw[0], out_hw[0]), dtype)
+    rw = jnp.asarray(bilinear_matrix(in_hw[1], out_hw[1]), dtype)
+    return rh, rw
+
+
+def resize_bilinear(x: Array, out_hw: tuple[int, int]) -> Array:
+    """Resize ``x [..., h, w, C]`` to ``[..., H, W, C]`` exactly as PyTorch bilinear
+    (``align_corners=False``) does. Implemented as two small matmuls."""
+    h, w = x.shape[-3], x.shape[-2]
+    if (h, w) == tuple(out_hw):
+        return x
+    rh, rw = _matrices((h, w), out_hw, x.dtype)
+    return jnp.einsum("Hh,...hwc,Ww->...HWc", rh, x, rw, precision=_HIGHEST)
+
+
+def project_mask(mask: Array, feature_hw: tuple[int, int]) -> Array:
+    """Pull a mask ``[..., H, W]`` back to feature resolution ``[..., h, w]`` through the
+    transpose of the bilinear upsampling ``h x w -> H x W``.
+
+    For any features ``F``: ``sum_xy upsample(F)(x, y) M(x, y) == sum_ij F(i, j) R(M)(i, j)``,
+    so pooling upsampled features (what the official code does) equals pooling the original
+    features with ``R(M)``, without materialising ``[H, W, C]``.
+    """
+    rh, rw = _matrices(tuple(feature_hw), mask.shape[-2:], mask.dtype)
+    return jnp.einsum("Hh,...HW,Ww->...hw", rh, mask, rw, precision=_HIGHEST)
+
+
+# --------------------------------------------------------------------------------------
+# Prototypes.
+# --------------------------------------------------------------------------------------
+
+
+def masked_average_pooling(features: Array, mask: Array, eps: float = MAP_EPS) -> Array:
+    """Official ``getFeatures``: ``sum_xy up(F) * M / (sum_xy M + eps)``.
+
+    Args:
+      features: ``[..., h, w, C]`` feature maps.
+      mask: ``[..., H, W]`` float 0/1 mask at image resolution (same leading axes).
+    Returns:
+      ``[..., C]`` prototypes. An empty mask gives the zero vector.
+    """
+    mask = mask.astype(features.dtype)
+    weights = project_mask(mask, features.shape[-3:-1])
+    num = jnp.einsum("...hw,...hwc->...c", weights, features, precision=_HIGHEST)
+    return num / (jnp.sum(mask, axis=(-2, -1))[..., None] + eps)
+
+
+def support_prototypes(
+    support_features: Array, support_fg: Array, support_bg: Array
+) -> tuple[Array, Array]:
+    """Official ``getPrototype``: one fg prototype per way, one shared bg prototype.
+
+    Args:
+      support_features: ``[N, K, h, w, C]``.
+      support_fg, support_bg: ``[N, K, H, W]`` float 0/1 masks.
+    Returns:
+      ``(fg [N, C], bg [C])``: fg = mean over shots of the per-shot MAP vectors; bg = mean over
+      ways of the per-way shot means (shots are averaged as vectors, not pooled jointly).
+    """
+    fg = masked_average_pooling(support_features, support_fg).mean(axis=1)
+    bg = masked_average_pooling(support_features, support_bg).mean(axis=1).mean(axis=0)
+    return fg, bg
+
+
+def episode_prototypes(support_features: Array, support_fg: Array, support_bg: Array) -> Array:
+    """``[1 + N, C]`` prototypes in logit order: background first, then the N ways."""
+    fg, bg = support_prototypes(support_features, support_fg, support_bg)
+    return jnp.concatenate([bg[None], fg], axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# Scoring.
+# --------------------------------------------------------------------------------------
+
+
+def cosine_logits(
+    features: Array, prototypes: Array, scale: float = DEFAULT_SCALE, eps: float = COSINE_EPS
+) -> Array:
+    """``scale * cos(F(x, y), p)`` for every pixel and prototype.
+
+    Uses PyTorch's ``x.y / sqrt(max(|x|^2 |y|^2, eps^2))``, so a zero prototype scores 0.
+
+    Args:
+      features: ``[..., h, w, C]``.
+      prototypes: ``[P, C]``, or ``[..., P, C]`` with the same leading axes as ``features``.
+    Returns:
+      ``[..., h, w, P]``.
+    """
+    if prototypes.ndim == 2:
+        dots = jnp.einsum("...c,pc->...p", features, prototypes, precision=_HIGHEST)
+        p_sq = jnp.sum(prototypes * prototypes, axis=-1)
+    else:
+        dots = jnp.einsum("...hwc,...pc->...hwp", features, prototypes, precision=_HIGHEST)
+        p_sq = jnp.sum(prototypes * prototypes, axis=-1)[..., None, None, :]
+    f_sq = jnp.sum(features * features, axis=-1, keepdims=True)
+    return scale * dots / jnp.sqrt(jnp.maximum(f_sq * p_sq, eps * eps))
+
+
+def query_scores(
+    query_features: Array,
+    support_features: Array,
+    support_fg: Array,
+    support_bg: Array,
+    scale: float = DEFAULT_SCALE,
+) -> Array:
+    """Low-resolution segmentation logits of one episode.
+
+    Args:
+      query_features: ``[Q, h, w, C]``; support_features: ``[N, K, h, w, C]``;
+      support_fg, support_bg: ``[N, K, H, W]``.
+    Returns:
+      ``[Q, h, w, 1 + N]`` (channel 0 = background); the official ``pred`` before upsampling.
+    """
+    protos = episode_prototypes(support_features, support_fg, support_bg)
+    return cosine_logits(query_features, protos, scale)
+
+
+def predict(logits: Array) -> Array:
+    """Hard segmentation ``[..., H, W]`` from logits ``[..., H, W, 1 + N]`` (0 = background)."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------
+# Losses.
+# --------------------------------------------------------------------------------------
+
+
+def cross_entropy_sum(
+    logits: Array, labels: Array, ignore_label: int = IGNORE_LABEL
+) -> tuple[Array, Array]:
+    """Summed pixel cross-entropy and the number of non-ignored pixels.
+
+    Args:
+      logits: ``[..., H, W, P]``; labels: ``[..., H, W]`` ints in ``[0, P)`` or ``ignore_label``.
+    Returns:
+      ``(sum of -log softmax(logits)[label] over valid pixels, count of valid pixels)``, both
+      float32 scalars. ``nn.CrossEntropyLoss(ignore_index=255)`` is ``sum / count``.
+    """
+    logits = logits.astype(jnp.float32)
+    valid = labels != ignore_label
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def cross_entropy(logits: Array, labels: Array, ignore_label: int = IGNORE_LABEL) -> Array:
+    """Mean cross-entropy over non-ignored pixels; 0 (not NaN) when every pixel is ignored."""
+    total, count = cross_entropy_sum(logits, labels, ignore_label)
+    return total / jnp.maximum(count, 1.0)
+
+
+def support_alignment_labels(support_fg: Array, support_bg: Array) -> Array:
+    """Official PAR support label: 255, then 1 on fg, then 0 on bg (bg wins on overlap)."""
+    label = jnp.where(support_fg == 1, 1, IGNORE_LABEL)
+    return jnp.where(support_bg == 1, 0, label).astype(jnp.int32)
+
+
+def alignment_loss(
+    query_features: Array,
+    query_scores_lowres: Array,
+    support_features: Array,
+    support_fg: Array,
+    support_bg: Array,
+    scale: float = DEFAULT_SCALE,
+) -> Array:
+    """Prototype alignment regularisation (official ``alignLoss``) for one episode.
+
+    1. ``argmax`` of the low-resolution query logits gives a hard pseudo-mask (no gradient);
+    2. query prototypes are pooled at feature resolution over all queries (gradient flows);
+    3. each support of each non-skipped way is re-segmented against ``[bg, way]`` query
+       prototypes, the ``[h, w, 2]`` logits are upsampled to ``H x W`` and scored with
+       cross-entropy (ignore 255) against the support masks;
+    4. terms are divided by ``K`` and by the *total* ``N``; a way whose predicted foreground
+       is empty over all queries is skipped.
+
+    Args:
+      query_features: ``[Q, h, w, C]``; query_scores_lowres: ``[Q, h, w, 1 + N]``;
+      support_features: ``[N, K, h, w, C]``; support_fg, support_bg: ``[N, K, H, W]``.
+    Returns:
+      Scalar loss. A support whose label is all-ignore contributes 0 (PyTorch gives NaN).
+    """
+    n_ways, n_shots = support_fg.shape[:2]
+    image_hw = support_fg.shape[-2:]
+    pseudo = jax.nn.one_hot(jnp.argmax(query_scores_lowres, axis=-1), 1 + n_ways)
+    pseudo = jax.lax.stop_gradient(pseudo.astype(query_features.dtype))  # [Q, h, w, 1+N]
+    area = jnp.sum(pseudo, axis=(0, 1, 2))  # [1+N]
+    q_protos = jnp.einsum("qhwp,qhwc->pc", pseudo, query_features, precision=_HIGHEST)
+    q_protos = q_protos / (area[:, None] + MAP_EPS)
+    # Per way: [bg, fg_way] prototypes, shared background.
+    bg = jnp.broadcast_to(q_protos[0], q_protos[1:].shape)
+    way_protos = jnp.stack([bg, q_protos[1:]], axis=1)  # [N, 2, C]
+    way_protos = jnp.broadcast_to(way_protos[:, None], (n_ways, n_shots, *way_protos.shape[1:]))
+    supp_scores = cosine_logits(support_features, way_protos, scale)  # [N, K, h, w, 2]
+    supp_scores = resize_bilinear(supp_scores, image_hw)  # [N, K, H, W, 2]
+    labels = support_alignment_labels(support_fg, support_bg)
+    per_support = jax.vmap(jax.vmap(cross_entropy))(supp_scores, labels)  # [N, K]
+    keep = (area[1:] > 0).astype(per_support.dtype)  # [N]
+    return jnp.sum(per_support * keep[:, None]) / n_shots / n_ways
+
+
+# --------------------------------------------------------------------------------------
+# Support masks from a raw label map (the official getMask rule).
+# --------------------------------------------------------------------------------------
+
+
+def support_masks_from_label(
+    label: Array, class_id: int | Array, episode_class_ids: Array
+) -> tuple[Array, Array]:
+    """Official ``getMask``: fg = (label == class); bg = (label != class) and not any episode
+    class. VOC boundary pixels (255) therefore count as background.
+
+    Args:
+      label: ``[H, W]`` int semantic label; class_id: scalar; episode_class_ids: ``[N]``.
+    Returns:
+      ``(fg, bg)`` float32 ``[H, W]`` masks.
+    """
+    fg = label == class_id
+    other = jnp.any(label[..., None] == jnp.asarray(episode_class_ids), axis=-1)
+    bg = jnp.logical_and(label != class_id, jnp.logical_not(other))
+    return fg.astype(jnp.float32), bg.astype(jnp.float32)
