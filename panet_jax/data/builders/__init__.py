@@ -1,0 +1,169 @@
+"""TFDS builders of the few-shot segmentation datasets, and how to prepare / open them.
+
+=================  ======================  ==============================================
+builder name       episode ``dataset``     source
+=================  ======================  ==============================================
+``pascal_voc_aug`` ``pascal5i``            VOC2012 + SBD masks in ``manual_dir``
+``coco20i``        ``coco20i``             COCO 2014 json + images in ``manual_dir``
+``synthetic_fss``  ``synthetic``           generated locally (no ``manual_dir``)
+=================  ======================  ==============================================
+
+All are written as ``array_record`` (random access through ``builder.as_data_source``).
+The builders are instantiated directly (never through ``tfds.builder``), so no registry or GCS
+look-up happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import tensorflow_datasets as tfds
+
+from panet_jax.data.builders.coco import Coco20i
+from panet_jax.data.builders.synthetic import SyntheticFss
+from panet_jax.data.builders.voc import PascalVocAug
+
+BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    "pascal_voc_aug": PascalVocAug,
+    "coco20i": Coco20i,
+    "synthetic_fss": SyntheticFss,
+}
+# EpisodeConfig.dataset -> builder name
+BUILDER_OF_DATASET = {
+    "pascal5i": "pascal_voc_aug",
+    "coco20i": "coco20i",
+    "synthetic": "synthetic_fss",
+}
+FILE_FORMAT = "array_record"
+
+__all__ = [
+    "BUILDERS",
+    "BUILDER_OF_DATASET",
+    "Coco20i",
+    "PascalVocAug",
+    "SyntheticFss",
+    "get_builder",
+    "is_prepared",
+    "load_prepared",
+    "prepare",
+    "prepare_command",
+]
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    if data_dir:
+        return os.fspath(data_dir)
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def get_builder(
+    name: str, *, data_dir: str | os.PathLike | None, config: str | None = None
+) -> tfds.core.GeneratorBasedBuilder:
+    """The builder ``name`` rooted at ``data_dir`` (``None``/'' -> ``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets``), prepared or not."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset builder {name!r}; expected one of {sorted(BUILDERS)}")
+    kwargs = {"config": config} if config else {}
+    return BUILDERS[name](data_dir=_resolve_data_dir(data_dir), file_format=FILE_FORMAT, **kwargs)
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether ``builder``'s data folder holds a finished dataset (``dataset_info.json``)."""
+    return os.path.isfile(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
+
+
+def prepare_command(name: str, data_dir: str | None, config: str | None = None) -> str:
+    """The shell command that prepares ``name`` (used in error messages)."""
+    cmd = f"python experiments/prepare_data.py --dataset={name}"
+    if name != "synthetic_fss":
+        cmd += " --manual_dir=<folder with the raw files>"
+    if config:
+        cmd += f" --config={config}"
+    return cmd + f" --data_dir={data_dir or '<data_dir>'}"
+
+
+def load_prepared(
+    name: str, *, data_dir: str | os.PathLike | None, config: str | None = None
+) -> tfds.core.GeneratorBasedBuilder:
+    """The prepared builder, or ``FileNotFoundError`` saying how to prepare it."""
+    builder = get_builder(name, data_dir=data_dir, config=config)
+    if not is_prepared(builder):
+        config_name = builder.builder_config.name if builder.builder_config else None
+        msg = (
+            f"dataset {name!r} (config {config_name!r}) is not prepared under "
+            f"data_dir={_resolve_data_dir(data_dir)!r} "
+            f"(looked for {os.fspath(builder.data_path)}). Prepare it with:\n  "
+            + prepare_command(name, _resolve_data_dir(data_dir), config)
+        )
+        if BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS:
+            msg += "\n" + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
+        raise FileNotFoundError(msg)
+    return builder
+
+
+def _download_and_prepare(
+    builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None
+) -> None:
+    """``download_and_prepare`` without GCS and without leaving a ``downloads/`` folder."""
+    config = tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir) if manual_dir else None,
+        try_download_gcs=False,
+    )
+    with tempfile.TemporaryDirectory(prefix="tfds-downloads-") as download_dir:
+        builder.download_and_prepare(
+            download_dir=download_dir, download_config=config, file_format=FILE_FORMAT
+        )
+
+
+def prepare(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None,
+    manual_dir: str | os.PathLike | None = None,
+    config: str | None = None,
+    overwrite: bool = False,
+) -> tfds.core.GeneratorBasedBuilder:
+    """Prepare dataset ``name`` under ``data_dir``; return the prepared builder.
+
+    Refuses (``FileExistsError``) when the dataset is already prepared, unless ``overwrite``.
+    A failed preparation leaves ``data_dir`` as it was: TFDS writes into a temporary folder that
+    it renames at the end, and an overwrite is first prepared in a staging folder next to the
+    old data, which is only replaced once the new data are complete.
+    """
+    data_dir = _resolve_data_dir(data_dir)
+    builder = get_builder(name, data_dir=data_dir, config=config)
+    if BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+        raise ValueError(
+            f"{name} needs --manual_dir with the raw files.\n"
+            + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
+    if manual_dir and not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"manual_dir does not exist: {manual_dir}")
+    if manual_dir and not os.listdir(manual_dir):
+        raise FileNotFoundError(
+            f"manual_dir {manual_dir} is empty.\n" + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
+    if not is_prepared(builder):
+        _download_and_prepare(builder, manual_dir)
+        return get_builder(name, data_dir=data_dir, config=config)
+    if not overwrite:
+        raise FileExistsError(
+            f"{name} is already prepared at {os.fspath(builder.data_path)}; "
+            "pass overwrite=True (--overwrite) to rebuild it"
+        )
+    os.makedirs(data_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=data_dir)
+    try:
+        staged = get_builder(name, data_dir=staging, config=config)
+        _download_and_prepare(staged, manual_dir)
+        target = os.fspath(builder.data_path)
+        backup = target + ".old"
+        shutil.rmtree(backup, ignore_errors=True)
+        os.rename(target, backup)
+        os.rename(os.fspath(staged.data_path), target)
+        shutil.rmtree(backup)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return get_builder(name, data_dir=data_dir, config=config)

@@ -1,0 +1,109 @@
+"""Class folds of the few-shot benchmarks (pure Python, no TensorFlow).
+
+Class ids are 1-based and equal the label values stored in the prepared masks:
+
+* ``pascal5i``: VOC ids 1 (aeroplane) .. 20 (tvmonitor). Fold ``i`` tests ``{5i+1 .. 5i+5}``
+  (PANet ``label_sets = i``, the paper's split ``i+1``).
+* ``coco20i``: 1 + position in ``COCO.getCatIds()`` (1..80).
+  ``coco_split='panet'``: fold ``i`` tests the consecutive block ``{20i+1 .. 20i+20}`` (PANet).
+  ``coco_split='interleaved'``: fold ``i`` tests ``{i+1, i+5, ..., i+77}`` (FWB / PFENet / HSNet
+  "COCO-20i").
+* ``synthetic``: 20 classes, fold ``i`` tests ``{5i+1 .. 5i+5}``.
+
+Training classes are all the other classes of the dataset.
+"""
+
+from __future__ import annotations
+
+NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20}
+NUM_FOLDS = 4
+COCO_SPLITS = ("panet", "interleaved")
+
+VOC_CLASS_NAMES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+
+def _check(dataset: str, fold: int, coco_split: str) -> None:
+    if dataset not in NUM_CLASSES:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(NUM_CLASSES)}")
+    if not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
+        raise ValueError(
+            f"fold {fold!r} is out of range for {dataset}: expected an int in 0..{NUM_FOLDS - 1}"
+        )
+    if coco_split not in COCO_SPLITS:
+        raise ValueError(f"unknown coco_split {coco_split!r}; expected one of {COCO_SPLITS}")
+
+
+def all_classes(dataset: str) -> list[int]:
+    """All class ids of ``dataset`` (``[1, ..., C]``)."""
+    _check(dataset, 0, "panet")
+    return list(range(1, NUM_CLASSES[dataset] + 1))
+
+
+def test_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int]:
+    """Sorted held-out class ids of ``fold`` (5 for PASCAL/synthetic, 20 for COCO)."""
+    _check(dataset, fold, coco_split)
+    if dataset == "coco20i" and coco_split == "interleaved":
+        return list(range(fold + 1, 81, 4))
+    n = NUM_CLASSES[dataset] // NUM_FOLDS
+    return list(range(n * fold + 1, n * fold + n + 1))
+
+
+def train_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int]:
+    """Sorted training class ids of ``fold`` (all classes minus :func:`test_classes`)."""
+    held_out = set(test_classes(dataset, fold, coco_split))
+    return [c for c in all_classes(dataset) if c not in held_out]
+
+
+# The call is not a test; keep pytest from collecting it when a test module imports it.
+test_classes.__test__ = False  # type: ignore[attr-defined]
+
+
+def official_label_order(dataset: str, fold: int, train: bool, coco_split: str = "panet") -> list:
+    """The class ids in the iteration order of the official ``labels`` *set*.
+
+    The official code (``util/utils.py`` ``CLASS_LABELS``, ``train.py``, ``test.py``) builds the
+    label set with set differences and iterates it to build the per-class sub-datasets; the
+    episode draw picks sub-dataset *positions*, so exact replication needs the same order.
+    The same CPython expressions are evaluated here (small-int set order is deterministic).
+    """
+    _check(dataset, fold, coco_split)
+    all_ = set(range(1, NUM_CLASSES[dataset] + 1))
+    held_out = set(test_classes(dataset, fold, coco_split))
+    label_set = all_ - held_out  # CLASS_LABELS[name][fold]
+    if not train:
+        label_set = all_ - label_set  # test.py: CLASS_LABELS['all'] - CLASS_LABELS[fold]
+    return list(label_set)
+
+
+def hsnet_fold_lines(
+    ids: list[str], classes: list[list[int]], fold_classes: list[int]
+) -> list[str]:
+    """HSNet-style ``<image id>__<class, 2 digits>`` lines, one per (image, class) pair.
+
+    Args:
+      ids: image ids in split order.
+      classes: for each image, the class ids present in its mask.
+      fold_classes: the classes to list (a fold's test classes for ``val/fold{k}.txt``).
+
+    Returns the pairs ordered by image (split order), then class id. HSNet ships its own lists
+    (``data/splits/pascal/val/fold*.txt``), which cannot be downloaded here; these are generated
+    from the masks and include every pair, so counts can differ from HSNet's shipped files.
+    """
+    wanted = set(fold_classes)
+    return [
+        f"{image_id}__{c:02d}"
+        for image_id, present in zip(ids, classes, strict=True)
+        for c in sorted(set(present) & wanted)
+    ]
+
+
+def parse_hsnet_line(line: str) -> tuple[str, int]:
+    """``'2007_000033__01'`` -> ``('2007_000033', 1)``."""
+    image_id, sep, cls = line.strip().rpartition("__")
+    if not sep:
+        raise ValueError(f"not an HSNet fold-list line (expected '<id>__<cls>'): {line!r}")
+    return image_id, int(cls)
