@@ -1,0 +1,346 @@
+"""``panet_jax.model`` (``PANet`` + ``panet_loss``) against the float64 NumPy reference.
+
+The reference (``numpy_reference.batch_loss``) mimics the official ``train.py`` for a batch:
+``L_seg`` is one ``CrossEntropyLoss(ignore_index=255)`` over all valid query pixels of the
+batch (not a mean of per-episode means), ``L_PAR = sum_episodes(alignLoss) / B``, and
+``total = L_seg + lambda * L_PAR``.
+
+To feed exact features through ``PANet`` a table encoder returns stored feature maps, chosen
+by an id painted into each image; gradients w.r.t. the table are gradients w.r.t. the support
+and query features, and are checked against float64 central differences of the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+
+from panet_jax import model as model_lib
+from panet_jax.models import VGG16Encoder
+
+RTOL = 1e-5
+ATOL = 1e-5
+_loss_jit = jax.jit(model_lib.panet_loss, static_argnames=("align", "scale", "axis_name"))
+
+
+@functools.partial(jax.jit, static_argnames=("net",))
+def _table_value_and_grad(net, params, episodes, par_weight=1.0):
+    """``((loss, metrics), d loss / d params)``; one compile per network and shapes."""
+
+    def loss_fn(p):
+        return model_lib.panet_loss(net.apply(p, episodes), episodes, par_weight=par_weight)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+class TableEncoder(nn.Module):
+    """``images [M, H, W, 3] -> table[id]`` where ``id`` is the value at pixel (0, 0, 0)."""
+
+    n_rows: int
+    feat_hw: tuple[int, int]
+    channels: int
+
+    @nn.compact
+    def __call__(self, images):
+        table = self.param(
+            "table", nn.initializers.zeros, (self.n_rows, *self.feat_hw, self.channels)
+        )
+        return table[jnp.round(images[:, 0, 0, 0]).astype(jnp.int32)]
+
+
+def _label_maps(rng, shape, class_ids, p_ignore):
+    values = np.array([0, *class_ids, 11, 12])
+    small = rng.choice(values, size=(*shape[:-2], 4, 5))
+    rows = np.arange(shape[-2]) * 4 // shape[-2]
+    cols = np.arange(shape[-1]) * 5 // shape[-1]
+    label = small[..., rows[:, None], cols[None, :]]
+    label = np.where(rng.random(shape) < 0.2, rng.choice(values, size=shape), label)
+    return np.where(rng.random(shape) < p_ignore, 255, label).astype(np.int32)
+
+
+def _batch(
+    seed,
+    n_batch,
+    n_ways,
+    n_shots,
+    n_queries,
+    feat_hw=(5, 7),
+    image_hw=(17, 23),
+    channels=8,
+    p_ignore=(0.05, 0.6),
+):
+    """A batch of episodes (images carry table ids) and its float32 features.
+
+    Episodes get very different ignore fractions, so a mean of per-episode CE means differs
+    from the pixel mean over the batch.
+    """
+    rng = np.random.default_rng(seed)
+    b, n, k, q = n_batch, n_ways, n_shots, n_queries
+    fg = np.zeros((b, n, k, *image_hw), np.float32)
+    bg = np.zeros_like(fg)
+    qlabels = np.zeros((b, q, *image_hw), np.int32)
+    class_ids = np.zeros((b, n), np.int32)
+    for e in range(b):
+        cids = [int(c) for c in rng.choice(np.arange(1, 11), size=n, replace=False)]
+        class_ids[e] = cids
+        raw = _label_maps(rng, (n, k, *image_hw), cids, 0.1)
+        for w in range(n):
+            for s in range(k):
+                fg[e, w, s], bg[e, w, s] = ref.get_mask(raw[w, s], cids[w], cids)
+        raw_q = _label_maps(rng, (q, *image_hw), cids, p_ignore[e % len(p_ignore)])
+        # Official fewShot query label: 255 kept, way j -> j + 1, everything else 0.
+        qlabels[e] = np.where(raw_q == 255, 255, 0)
+        for w, c in enumerate(cids):
+            qlabels[e][raw_q == c] = w + 1
+    supp_ids = np.arange(b * n * k, dtype=np.float32).reshape(b, n, k)
+    qry_ids = b * n * k + np.arange(b * q, dtype=np.float32).reshape(b, q)
+    episodes = {
+        "support_images": np.broadcast_to(
+            supp_ids[..., None, None, None], (b, n, k, *image_hw, 3)
+        ).astype(np.float32),
+        "support_fg": fg,
+        "support_bg": bg,
+        "query_images": np.broadcast_to(
+            qry_ids[..., None, None, None], (b, q, *image_hw, 3)
+        ).astype(np.float32),
+        "query_labels": qlabels,
+        "class_ids": class_ids,
+    }
+    supp = rng.normal(size=(b, n, k, *feat_hw, channels)).astype(np.float32)
+    qry = rng.normal(size=(b, q, *feat_hw, channels)).astype(np.float32)
+    return episodes, supp, qry
+
+
+def _table(supp, qry):
+    c = supp.shape[-1]
+    h, w = supp.shape[-3:-1]
+    return np.concatenate([supp.reshape(-1, h, w, c), qry.reshape(-1, h, w, c)])
+
+
+def _table_model(supp, qry):
+    table = _table(supp, qry)
+    net = model_lib.PANet(TableEncoder(table.shape[0], table.shape[1:3], table.shape[3]))
+    return net, {"params": {"encoder": {"table": jnp.asarray(table)}}}
+
+
+def _ref_outputs(episodes, supp, qry):
+    """Module outputs built by hand from the reference forward pass (rounded to float32)."""
+    preds, logits = zip(
+        *[
+            ref.episode_forward(
+                supp[e], episodes["support_fg"][e], episodes["support_bg"][e], qry[e]
+            )
+            for e in range(supp.shape[0])
+        ],
+        strict=True,
+    )
+    return {
+        "logits": np.stack(logits).astype(np.float32),
+        "scores": np.stack(preds).astype(np.float32),
+        "support_features": supp,
+        "query_features": qry,
+    }
+
+
+def _ref_loss(episodes, supp, qry, **kw):
+    return ref.batch_loss(
+        supp, episodes["support_fg"], episodes["support_bg"], qry, episodes["query_labels"], **kw
+    )
+
+
+def _check_metrics(metrics, want_total, want_seg, want_par):
+    for key, want in (("loss", want_total), ("loss_seg", want_seg), ("loss_par", want_par)):
+        got = float(metrics[key])
+        assert np.isfinite(got), key
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=key)
+
+
+def _argmax_margin(scores):
+    s = np.sort(np.asarray(scores, np.float64), axis=-1)
+    return float(np.min(s[..., -1] - s[..., -2]))
+
+
+@pytest.mark.parametrize("par_weight", [1.0, 0.3])
+@pytest.mark.parametrize("n_ways,n_shots,n_queries", [(1, 1, 1), (2, 1, 2), (1, 5, 2), (2, 5, 1)])
+def test_panet_loss_matches_reference(n_ways, n_shots, n_queries, par_weight):
+    episodes, supp, qry = _batch(n_ways * 10 + n_shots + n_queries, 2, n_ways, n_shots, n_queries)
+    outputs = _ref_outputs(episodes, supp, qry)
+    assert _argmax_margin(outputs["scores"]) > 1e-4  # same PAR pseudo-masks on both sides
+    loss, metrics = _loss_jit(outputs, episodes, par_weight=par_weight)
+    want_total, want_seg, want_par = _ref_loss(episodes, supp, qry, par_weight=par_weight)
+    assert want_par > 0.1
+    _check_metrics(metrics, want_total, want_seg, want_par)
+    np.testing.assert_allclose(float(loss), want_total, rtol=RTOL, atol=ATOL)
+    # L_seg is a pixel mean over the batch; the mean of per-episode means is different here.
+    per_episode = [
+        ref.cross_entropy(outputs["logits"][e], episodes["query_labels"][e]) for e in range(2)
+    ]
+    assert abs(np.mean(per_episode) - want_seg) > 1e-3
+
+
+def test_panet_loss_without_alignment():
+    episodes, supp, qry = _batch(5, 2, 2, 2, 1)
+    outputs = _ref_outputs(episodes, supp, qry)
+    loss, metrics = _loss_jit(outputs, episodes, align=False)
+    want_total, want_seg, _ = _ref_loss(episodes, supp, qry, align=False)
+    _check_metrics(metrics, want_total, want_seg, 0.0)
+    assert float(metrics["loss_par"]) == 0.0 and float(loss) == float(metrics["loss_seg"])
+
+
+def test_panet_forward_and_loss_with_table_encoder():
+    episodes, supp, qry = _batch(6, 2, 2, 2, 2, feat_hw=(7, 5), image_hw=(29, 17))
+    net, params = _table_model(supp, qry)
+    outputs = jax.jit(net.apply)(params, episodes)
+    np.testing.assert_array_equal(outputs["support_features"], supp)
+    np.testing.assert_array_equal(outputs["query_features"], qry)
+    for e in range(2):
+        pred, logits = ref.episode_forward(
+            supp[e], episodes["support_fg"][e], episodes["support_bg"][e], qry[e]
+        )
+        np.testing.assert_allclose(outputs["scores"][e], pred, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(outputs["logits"][e], logits, rtol=RTOL, atol=ATOL)
+    assert _argmax_margin(outputs["scores"]) > 1e-4
+    _, metrics = _loss_jit(outputs, episodes, par_weight=0.7)
+    _check_metrics(metrics, *_ref_loss(episodes, supp, qry, par_weight=0.7))
+
+
+def test_panet_with_vgg_encoder():
+    rng = np.random.default_rng(7)
+    episodes, _, _ = _batch(7, 2, 2, 1, 1, image_hw=(37, 49))
+    episodes["support_images"] = rng.normal(size=episodes["support_images"].shape).astype(
+        np.float32
+    )
+    episodes["query_images"] = rng.normal(size=episodes["query_images"].shape).astype(np.float32)
+    net = model_lib.PANet(VGG16Encoder(width=1 / 16))
+    # Random He-scaled weights from the parameter shapes (an eager ``init`` costs seconds).
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), episodes)
+    params = jax.tree.map(
+        lambda s: (
+            rng.normal(size=s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
+            if len(s.shape) == 4
+            else 0.1 * rng.normal(size=s.shape)
+        ).astype(np.float32),
+        shapes,
+    )
+    assert set(params["params"]) == {"encoder"}  # the head has no parameters
+    outputs = jax.jit(net.apply)(params, episodes)
+    supp = np.asarray(outputs["support_features"], np.float64)
+    qry = np.asarray(outputs["query_features"], np.float64)
+    assert supp.shape == (2, 2, 1, 5, 7, 32) and qry.shape == (2, 1, 5, 7, 32)
+    for e in range(2):
+        pred, logits = ref.episode_forward(
+            supp[e], episodes["support_fg"][e], episodes["support_bg"][e], qry[e]
+        )
+        np.testing.assert_allclose(outputs["scores"][e], pred, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(outputs["logits"][e], logits, rtol=RTOL, atol=ATOL)
+    assert _argmax_margin(outputs["scores"]) > 1e-4
+    _, metrics = _loss_jit(outputs, episodes)
+    _check_metrics(metrics, *_ref_loss(episodes, supp, qry))
+
+
+def test_panet_loss_batch_equals_episode_loop_and_vmaps():
+    episodes, supp, qry = _batch(8, 2, 2, 1, 2)
+    outputs = _ref_outputs(episodes, supp, qry)
+    _, metrics = _loss_jit(outputs, episodes)
+    seg_sum = count = par_sum = 0.0
+    for e in range(2):
+        one = lambda tree, e=e: {k: v[e : e + 1] for k, v in tree.items()}
+        _, m = _loss_jit(one(outputs), one(episodes))
+        n_valid = float(np.sum(episodes["query_labels"][e] != 255))
+        seg_sum += float(m["loss_seg"]) * n_valid
+        count += n_valid
+        par_sum += float(m["loss_par"])
+    np.testing.assert_allclose(float(metrics["loss_seg"]), seg_sum / count, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss_par"]), par_sum / 2, rtol=1e-6)
+    # vmap over a leading axis of batches == the loop over batches.
+    episodes2, supp2, qry2 = _batch(9, 2, 2, 1, 2)
+    outputs2 = _ref_outputs(episodes2, supp2, qry2)
+    stack = lambda a, b: jax.tree.map(lambda x, y: np.stack([x, y]), a, b)
+    _, vm = jax.jit(jax.vmap(model_lib.panet_loss))(
+        stack(outputs, outputs2), stack(episodes, episodes2)
+    )
+    for i, (ep, s, q) in enumerate([(episodes, supp, qry), (episodes2, supp2, qry2)]):
+        want_total, want_seg, want_par = _ref_loss(ep, s, q)
+        _check_metrics({k: v[i] for k, v in vm.items()}, want_total, want_seg, want_par)
+
+
+def _central_differences(fn, x, step):
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        flat[i] = orig + step
+        plus = fn()
+        flat[i] = orig - step
+        minus = fn()
+        flat[i] = orig
+        gflat[i] = (plus - minus) / (2 * step)
+    return grad
+
+
+def test_gradients_match_float64_finite_differences():
+    # B=2 episodes, 2 ways, 1 shot, 1 query, C=3, 5x7 features, 17x23 images: 630 inputs.
+    episodes, supp, qry = _batch(11, 2, 2, 1, 1, channels=3)
+    lam = 0.7
+    net, params = _table_model(supp, qry)
+    _, grad = _table_value_and_grad(net, params, episodes, lam)
+    grad = np.asarray(grad["params"]["encoder"]["table"], np.float64)
+    n_supp = supp[..., 0, 0, 0].size
+    g_supp = grad[:n_supp].reshape(supp.shape)
+    g_qry = grad[n_supp:].reshape(qry.shape)
+
+    supp64, qry64 = supp.astype(np.float64), qry.astype(np.float64)
+    outputs = _ref_outputs(episodes, supp, qry)
+    # The PAR pseudo-mask is a hard argmax: stay well away from ties so that +-step never
+    # flips it (a step of 1e-6 moves a score by < 1e-4).
+    assert _argmax_margin(outputs["scores"]) > 1e-3
+    total = lambda: _ref_loss(episodes, supp64, qry64, par_weight=lam)[0]
+    _, _, par = _ref_loss(episodes, supp64, qry64, par_weight=lam)
+    assert par > 0.1
+    fd_supp = _central_differences(total, supp64, 1e-6)
+    fd_qry = _central_differences(total, qry64, 1e-6)
+    # float32 backprop vs float64 differences: observed max error ~2e-7 of the largest entry.
+    for got, want in ((g_supp, fd_supp), (g_qry, fd_qry)):
+        scale = np.max(np.abs(want))
+        assert scale > 1e-3
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+    # The PAR term matters for the query gradient: lambda = 0 gives a different gradient.
+    _, g0 = _table_value_and_grad(net, params, episodes, 0.0)
+    g0 = np.asarray(g0["params"]["encoder"]["table"])[n_supp:]
+    assert np.max(np.abs(g0 - g_qry.reshape(g0.shape))) > 1e-3 * np.max(np.abs(g_qry))
+
+
+@pytest.mark.parametrize(
+    "case", ["empty_support_masks", "all_ignore_query", "zero_features", "all_degenerate"]
+)
+def test_no_nan(case):
+    episodes, supp, qry = _batch(12, 2, 2, 2, 2)
+    n_ways = 2
+    if case in ("empty_support_masks", "all_degenerate"):
+        episodes["support_fg"] = np.zeros_like(episodes["support_fg"])
+        episodes["support_bg"] = np.zeros_like(episodes["support_bg"])
+    if case in ("all_ignore_query", "all_degenerate"):
+        episodes["query_labels"] = np.full_like(episodes["query_labels"], 255)
+    if case in ("zero_features", "all_degenerate"):
+        supp, qry = np.zeros_like(supp), np.zeros_like(qry)
+    net, params = _table_model(supp, qry)
+    (loss, metrics), grads = _table_value_and_grad(net, params, episodes)
+    assert np.isfinite(float(loss))
+    assert np.all(np.isfinite(grads["params"]["encoder"]["table"]))
+    want_total, want_seg, want_par = _ref_loss(
+        episodes, supp.astype(np.float64), qry.astype(np.float64), empty_value=0.0
+    )
+    _check_metrics(metrics, want_total, want_seg, want_par)
+    if case == "all_ignore_query":
+        assert float(metrics["loss_seg"]) == 0.0 and want_par > 0.1
+    else:
+        # Zero prototypes or zero features: every logit is 0 -> CE = log(1 + N), PAR skipped.
+        assert float(metrics["loss_par"]) == 0.0
+        if case != "all_degenerate":
+            np.testing.assert_allclose(float(metrics["loss_seg"]), np.log(1 + n_ways), rtol=RTOL)

@@ -1,0 +1,581 @@
+"""``panet_jax.ops`` against the independent float64 NumPy reference (``numpy_reference``).
+
+The reference follows the official PyTorch code literally (upsample the support features, then
+pool; loops over ways and shots); ``ops`` projects the masks down instead. float32 JAX results
+are compared with float64 NumPy at ``rtol = atol = 1e-5``; inputs are float32-representable so
+both sides see the same numbers. Under ``jax.enable_x64`` the two agree to ~1e-12, which shows
+the formulations are identical rather than merely close.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+
+from panet_jax import ops
+
+RTOL = 1e-5
+ATOL = 1e-5
+# Pairs of (feature h, w) -> (image H, W): non-square, H not a multiple of h, up and down.
+UP_SIZES = [((5, 7), (17, 23)), ((7, 5), (29, 17)), ((5, 5), (23, 29))]
+DOWN_SIZES = [((23, 29), (5, 7)), ((29, 17), (7, 5))]
+MIXED_SIZES = [((5, 29), (17, 7))]
+C = 8
+# Covers N in {1, 2}, K in {1, 5}, Q in {1, 2} and each pairing of them.
+WAYS_SHOTS_QUERIES = [(1, 1, 1), (1, 5, 2), (2, 1, 2), (2, 5, 1)]
+
+
+def _close(got, want, rtol=RTOL, atol=ATOL):
+    got = np.asarray(got, np.float64)
+    assert np.all(np.isfinite(got)), got
+    np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=rtol, atol=atol)
+
+
+def _features(rng, shape, dtype=np.float32):
+    """Signed features (conv5_3 has no ReLU), float32-representable."""
+    return rng.normal(size=shape).astype(np.float32).astype(dtype)
+
+
+def _label_maps(rng, shape, class_ids, p_ignore=0.1, other=(11, 12)):
+    """Blocky semantic labels with the episode classes, other classes, bg 0 and VOC 255."""
+    values = np.array([0, *class_ids, *other])
+    small = rng.choice(values, size=(*shape[:-2], 4, 5))
+    big_h, big_w = shape[-2:]
+    rows = np.arange(big_h) * 4 // big_h
+    cols = np.arange(big_w) * 5 // big_w
+    label = small[..., rows[:, None], cols[None, :]]
+    noise = rng.choice(values, size=shape)
+    label = np.where(rng.random(shape) < 0.2, noise, label)
+    return np.where(rng.random(shape) < p_ignore, 255, label).astype(np.int32)
+
+
+def _support_masks(rng, n_ways, n_shots, image_hw, class_ids=None):
+    """Support fg/bg ``[N, K, H, W]`` from labels with the official ``getMask`` rule."""
+    class_ids = list(range(1, n_ways + 1)) if class_ids is None else class_ids
+    labels = _label_maps(rng, (n_ways, n_shots, *image_hw), class_ids)
+    fg = np.zeros(labels.shape, np.float32)
+    bg = np.zeros(labels.shape, np.float32)
+    for n in range(n_ways):
+        for k in range(n_shots):
+            fg[n, k], bg[n, k] = ref.get_mask(labels[n, k], class_ids[n], class_ids)
+    return fg, bg
+
+
+def _episode(seed, n_ways, n_shots, n_queries, feat_hw=(5, 7), image_hw=(17, 23), channels=C):
+    rng = np.random.default_rng(seed)
+    supp = _features(rng, (n_ways, n_shots, *feat_hw, channels))
+    qry = _features(rng, (n_queries, *feat_hw, channels))
+    fg, bg = _support_masks(rng, n_ways, n_shots, image_hw)
+    return supp, qry, fg, bg
+
+
+def _maybe_jit(fn, use_jit, static_argnums=()):
+    return jax.jit(fn, static_argnums=static_argnums) if use_jit else fn
+
+
+# Jitted once and shared (cached per shape): eager dispatch of the nested vmaps is slow.
+_align_jit = jax.jit(ops.alignment_loss)
+_scores_jit = jax.jit(ops.query_scores)
+
+
+def _argmax_margin(scores):
+    """Gap between the best and second-best channel, minimised over pixels."""
+    s = np.sort(np.asarray(scores, np.float64), axis=-1)
+    return float(np.min(s[..., -1] - s[..., -2]))
+
+
+# ------------------------------------------------------------------------------------------
+# Bilinear resizing.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "in_size,out_size",
+    [(5, 17), (7, 23), (7, 29), (5, 5), (29, 7), (23, 5), (17, 7), (1, 4), (4, 1), (3, 6)],
+)
+def test_bilinear_matrix_matches_reference(in_size, out_size):
+    got = ops.bilinear_matrix(in_size, out_size)
+    want = ref.interpolation_matrix(in_size, out_size)
+    assert got.shape == (out_size, in_size)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-13)
+
+
+def test_bilinear_matrix_known_values():
+    # 2 -> 4 with half-pixel centres: src = max(-0.25, 0), 0.25, 0.75, 1.25 (clamped to 1).
+    want = np.array([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
+    np.testing.assert_allclose(ops.bilinear_matrix(2, 4), want, atol=1e-15)
+    np.testing.assert_allclose(ref.interpolation_matrix(2, 4), want, atol=1e-15)
+
+
+@pytest.mark.parametrize("sizes", [(0, 3), (3, 0), (-1, 2)])
+def test_bilinear_matrix_rejects_nonpositive(sizes):
+    with pytest.raises(ValueError):
+        ops.bilinear_matrix(*sizes)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("feat_hw,image_hw", UP_SIZES + DOWN_SIZES + MIXED_SIZES)
+def test_reference_bilinear_matches_torch(feat_hw, image_hw):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *feat_hw, 3))
+    want = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            size=image_hw,
+            mode="bilinear",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
+    np.testing.assert_allclose(ref.resize_bilinear(x, image_hw), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "feat_hw,image_hw,use_jit",
+    [(*sizes, True) for sizes in UP_SIZES + DOWN_SIZES + MIXED_SIZES]
+    + [(*UP_SIZES[0], False), (*DOWN_SIZES[0], False)],
+)
+def test_resize_bilinear(feat_hw, image_hw, use_jit):
+    rng = np.random.default_rng(1)
+    x = _features(rng, (2, 3, *feat_hw, C))  # extra leading axes
+    got = _maybe_jit(ops.resize_bilinear, use_jit, static_argnums=1)(jnp.asarray(x), image_hw)
+    assert got.shape == (2, 3, *image_hw, C)
+    _close(got, ref.resize_bilinear(x, image_hw))
+
+
+def test_resize_bilinear_same_size_is_identity():
+    x = _features(np.random.default_rng(2), (5, 7, 3))
+    np.testing.assert_array_equal(ops.resize_bilinear(jnp.asarray(x), (5, 7)), x)
+
+
+@pytest.mark.parametrize("feat_hw,image_hw", UP_SIZES[:2] + DOWN_SIZES[:1])
+def test_project_mask_is_adjoint_of_upsampling(feat_hw, image_hw):
+    rng = np.random.default_rng(3)
+    mask = (rng.random((2, *image_hw)) < 0.4).astype(np.float32)
+    got = ops.project_mask(jnp.asarray(mask), feat_hw)
+    _close(got, ref.pooling_weights(feat_hw, mask))
+    # <up(F), M> == <F, R(M)> for random F.
+    feats = _features(rng, (2, *feat_hw, 1))
+    lhs = np.sum(ref.resize_bilinear(feats, image_hw)[..., 0] * mask, axis=(-2, -1))
+    rhs = np.sum(np.asarray(got, np.float64) * feats[..., 0], axis=(-2, -1))
+    _close(rhs, lhs, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# Masked average pooling and prototypes.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "feat_hw,image_hw,use_jit",
+    [(*sizes, True) for sizes in UP_SIZES + DOWN_SIZES] + [(*UP_SIZES[0], False)],
+)
+def test_masked_average_pooling(feat_hw, image_hw, use_jit):
+    rng = np.random.default_rng(4)
+    feats = _features(rng, (3, *feat_hw, C))
+    masks = (rng.random((3, *image_hw)) < 0.3).astype(np.float32)
+    masks[1] = 0.0  # empty mask -> zero vector
+    masks[2] = 1.0  # full mask -> plain average of the upsampled map
+    got = np.asarray(_maybe_jit(ops.masked_average_pooling, use_jit)(feats, masks))
+    want = np.stack([ref.get_features(feats[i], masks[i]) for i in range(3)])
+    _close(got, want)
+    assert np.all(got[1] == 0.0)
+    full = ref.resize_bilinear(feats[2], image_hw).mean(axis=(0, 1))
+    _close(got[2], full * masks[2].sum() / (masks[2].sum() + 1e-5))
+
+
+@pytest.mark.parametrize("n_ways,n_shots,n_queries", WAYS_SHOTS_QUERIES)
+def test_support_and_episode_prototypes(n_ways, n_shots, n_queries):
+    supp, _, fg, bg = _episode(10 + n_ways * n_shots, n_ways, n_shots, n_queries)
+    got_fg, got_bg = ops.support_prototypes(supp, fg, bg)
+    want = ref.episode_prototypes(supp, fg, bg)
+    assert got_fg.shape == (n_ways, C) and got_bg.shape == (C,)
+    _close(got_fg, want[1:])
+    _close(got_bg, want[0])
+    _close(ops.episode_prototypes(supp, fg, bg), want)
+
+
+def test_prototypes_average_shots_as_vectors():
+    # Shots with very different mask areas: a joint pixel pool would weight them by area.
+    rng = np.random.default_rng(5)
+    supp = _features(rng, (1, 2, 5, 7, C))
+    fg = np.zeros((1, 2, 17, 23), np.float32)
+    fg[0, 0, :2, :2] = 1.0
+    fg[0, 1, 3:, :] = 1.0
+    bg = 1.0 - fg
+    got_fg, _ = ops.support_prototypes(supp, fg, bg)
+    per_shot = [ref.get_features(supp[0, k], fg[0, k]) for k in range(2)]
+    _close(got_fg[0], (per_shot[0] + per_shot[1]) / 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Cosine scoring.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [20.0, 7.5])
+def test_cosine_logits_shared_prototypes(scale):
+    rng = np.random.default_rng(6)
+    feats = _features(rng, (2, 5, 7, C))
+    feats[0, 1, 2] = 0.0  # a zero feature pixel -> 0 against every prototype
+    protos = _features(rng, (4, C))
+    protos[2] = 0.0  # a zero prototype -> 0, not NaN
+    got = np.asarray(ops.cosine_logits(feats, protos, scale))
+    want = np.stack([ref.cal_dist(feats, p, scale) for p in protos], axis=-1)
+    assert got.shape == (2, 5, 7, 4)
+    _close(got, want)
+    assert np.all(got[..., 2] == 0.0)
+    assert np.all(got[0, 1, 2] == 0.0)
+    assert np.max(np.abs(got)) <= scale * (1 + 1e-6)
+
+
+def test_cosine_logits_per_leading_axis_prototypes():
+    rng = np.random.default_rng(7)
+    feats = _features(rng, (2, 3, 5, 7, C))
+    protos = _features(rng, (2, 3, 2, C))
+    protos[1, 2, 0] = 0.0
+    got = np.asarray(jax.jit(ops.cosine_logits)(feats, protos))
+    want = np.zeros((2, 3, 5, 7, 2))
+    for i in range(2):
+        for j in range(3):
+            for p in range(2):
+                want[i, j, ..., p] = ref.cal_dist(feats[i, j], protos[i, j, p])
+    _close(got, want)
+    assert np.all(got[1, 2, ..., 0] == 0.0)
+
+
+def test_cosine_logits_parallel_vectors_saturate():
+    feats = np.ones((1, 1, C), np.float32)
+    protos = np.stack([np.ones(C), -2 * np.ones(C)]).astype(np.float32)
+    _close(ops.cosine_logits(feats, protos), [[[20.0, -20.0]]])
+
+
+@pytest.mark.parametrize(
+    "n_ways,n_shots,n_queries,use_jit",
+    [(*wsq, True) for wsq in WAYS_SHOTS_QUERIES] + [(2, 5, 2, False)],
+)
+def test_query_scores(n_ways, n_shots, n_queries, use_jit):
+    supp, qry, fg, bg = _episode(20 + 7 * n_ways + n_shots + n_queries, n_ways, n_shots, n_queries)
+    got = (_scores_jit if use_jit else ops.query_scores)(qry, supp, fg, bg)
+    want, logits = ref.episode_forward(supp, fg, bg, qry)
+    assert got.shape == (n_queries, 5, 7, 1 + n_ways)
+    _close(got, want)
+    _close(ops.resize_bilinear(got, (17, 23)), logits)
+
+
+@pytest.mark.parametrize("feat_hw,image_hw", [((7, 5), (29, 17)), ((5, 7), (23, 29))])
+def test_query_scores_other_sizes(feat_hw, image_hw):
+    supp, qry, fg, bg = _episode(30, 2, 2, 2, feat_hw, image_hw)
+    _close(_scores_jit(qry, supp, fg, bg, 12.0), ref.episode_forward(supp, fg, bg, qry, 12.0)[0])
+
+
+def test_predict():
+    supp, qry, fg, bg = _episode(31, 2, 1, 2)
+    _, logits = ref.episode_forward(supp, fg, bg, qry)
+    assert _argmax_margin(logits) > 1e-4
+    got = ops.predict(jnp.asarray(logits, jnp.float32))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+    # Ties resolve to the lowest index (background first), as torch.argmax / np.argmax do.
+    np.testing.assert_array_equal(ops.predict(jnp.zeros((2, 3, 3))), np.zeros((2, 3)))
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-entropy.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_cross_entropy(n_classes, use_jit):
+    rng = np.random.default_rng(40 + n_classes)
+    logits = (20 * rng.uniform(-1, 1, size=(2, 17, 23, n_classes))).astype(np.float32)
+    labels = rng.integers(0, n_classes, size=(2, 17, 23)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.3] = 255
+    total, count = _maybe_jit(ops.cross_entropy_sum, use_jit)(logits, labels)
+    want_total, want_count = ref.cross_entropy_terms(logits, labels)
+    assert float(count) == want_count
+    _close(total, want_total)
+    _close(
+        _maybe_jit(ops.cross_entropy, use_jit)(logits, labels), ref.cross_entropy(logits, labels)
+    )
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    logits = np.random.default_rng(42).normal(size=(1, 5, 7, 3)).astype(np.float32)
+    labels = np.full((1, 5, 7), 255, np.int32)
+    total, count = ops.cross_entropy_sum(logits, labels)
+    assert float(total) == 0.0 and float(count) == 0.0
+    assert float(ops.cross_entropy(logits, labels)) == 0.0
+    assert np.isnan(ref.cross_entropy(logits, labels))  # PyTorch's mean over nothing
+
+
+def test_cross_entropy_extreme_logits_are_stable():
+    logits = np.array([[[1e4, -1e4], [-1e4, 1e4]]], np.float32)
+    labels = np.array([[1, 1]], np.int32)
+    _close(ops.cross_entropy(logits, labels), ref.cross_entropy(logits, labels), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Prototype alignment regularisation.
+# ------------------------------------------------------------------------------------------
+
+
+def test_support_alignment_labels():
+    rng = np.random.default_rng(50)
+    fg = (rng.random((2, 3, 17, 23)) < 0.4).astype(np.float32)
+    bg = (rng.random((2, 3, 17, 23)) < 0.5).astype(np.float32)  # overlaps fg: bg wins
+    got = np.asarray(ops.support_alignment_labels(fg, bg))
+    want = np.stack(
+        [np.stack([ref.support_label(fg[n, k], bg[n, k]) for k in range(3)]) for n in range(2)]
+    )
+    np.testing.assert_array_equal(got, want)
+    assert np.any(got == 255) and np.any(got == 0) and np.any(got == 1)
+
+
+def _pred_scores(qry, supp, fg, bg):
+    """Feature-resolution scores from the reference, rounded to float32 for both sides."""
+    pred, _ = ref.episode_forward(supp, fg, bg, qry)
+    return pred.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "n_ways,n_shots,n_queries,use_jit",
+    [(*wsq, True) for wsq in WAYS_SHOTS_QUERIES] + [(2, 5, 2, False)],  # eager is slow
+)
+def test_alignment_loss(n_ways, n_shots, n_queries, use_jit):
+    supp, qry, fg, bg = _episode(
+        60 + 5 * n_ways + n_shots + 3 * n_queries, n_ways, n_shots, n_queries
+    )
+    pred = _pred_scores(qry, supp, fg, bg)
+    got = _maybe_jit(ops.alignment_loss, use_jit)(qry, pred, supp, fg, bg)
+    want, skipped = ref.align_loss(qry, pred, supp, fg, bg, return_skipped=True)
+    assert skipped == [] and want > 0.1  # the random case exercises every way
+    _close(got, want)
+
+
+def test_alignment_loss_skips_way_with_empty_prediction():
+    # 2 ways, but way 2 never wins the argmax on any query: it is skipped, and the divisor is
+    # still the total N = 2 (so the result is half the 1-way loss of way 1 alone).
+    supp, qry, fg, bg = _episode(70, 2, 2, 2)
+    pred = _pred_scores(qry, supp, fg, bg)
+    pred[..., 2] = pred.min() - 5.0
+    got = _align_jit(qry, pred, supp, fg, bg)
+    want, skipped = ref.align_loss(qry, pred, supp, fg, bg, return_skipped=True)
+    assert skipped == [1] and want > 0.1
+    _close(got, want)
+    one_way = ref.align_loss(qry, pred[..., :2], supp[:1], fg[:1], bg[:1])
+    _close(got, one_way / 2)
+    # Not skipping (e.g. way 2 wins one pixel) changes the value: the skip is what we test.
+    pred[0, 0, 0, 2] = pred.max() + 1.0
+    assert abs(ref.align_loss(qry, pred, supp, fg, bg) - want) > 1e-3
+
+
+def test_alignment_loss_skip_is_decided_over_all_queries():
+    # Way 2 wins a few pixels of query 1 only: summed over the queries it is not empty, so it
+    # is *not* skipped (a per-query or first-query rule would skip it).
+    supp, qry, fg, bg = _episode(74, 2, 2, 2)
+    pred = _pred_scores(qry, supp, fg, bg)
+    pred[..., 2] = pred.min() - 5.0
+    pred[1, 2:4, 3, 2] = pred.max() + 1.0
+    want, skipped = ref.align_loss(qry, pred, supp, fg, bg, return_skipped=True)
+    assert skipped == []
+    _close(_align_jit(qry, pred, supp, fg, bg), want)
+    pred_q0 = pred.copy()
+    pred_q0[1, 2:4, 3, 2] = pred.min() - 5.0
+    assert abs(ref.align_loss(qry, pred_q0, supp, fg, bg) - want) > 1e-3
+
+
+def test_alignment_loss_all_ways_skipped_is_zero():
+    supp, qry, fg, bg = _episode(71, 2, 1, 1)
+    pred = _pred_scores(qry, supp, fg, bg)
+    pred[..., 0] = pred.max() + 1.0  # background everywhere
+    assert float(_align_jit(qry, pred, supp, fg, bg)) == 0.0
+    assert ref.align_loss(qry, pred, supp, fg, bg) == 0.0
+
+
+def test_alignment_loss_empty_background_prediction():
+    # No query pixel is predicted background: the bg query prototype is 0 and scores 0.
+    supp, qry, fg, bg = _episode(72, 2, 2, 1)
+    pred = _pred_scores(qry, supp, fg, bg)
+    pred[..., 0] = pred.min() - 5.0
+    want, skipped = ref.align_loss(qry, pred, supp, fg, bg, return_skipped=True)
+    assert skipped == []
+    _close(_align_jit(qry, pred, supp, fg, bg), want)
+
+
+@pytest.mark.parametrize("n_shots", [1, 5])
+def test_alignment_loss_with_ignored_support_pixels(n_shots):
+    # 2 ways: the pixels of the *other* episode class are in neither mask -> label 255.
+    rng = np.random.default_rng(73 + n_shots)
+    supp = _features(rng, (2, n_shots, 5, 7, C))
+    qry = _features(rng, (2, 5, 7, C))
+    fg, bg = _support_masks(rng, 2, n_shots, (17, 23), class_ids=[4, 9])
+    labels = ops.support_alignment_labels(fg, bg)
+    assert np.mean(np.asarray(labels) == 255) > 0.1
+    pred = _pred_scores(qry, supp, fg, bg)
+    want, skipped = ref.align_loss(qry, pred, supp, fg, bg, return_skipped=True)
+    assert skipped == []
+    _close(_align_jit(qry, pred, supp, fg, bg), want)
+    # Counting the ignored pixels as background would change the loss.
+    bg_all = np.maximum(bg, 1.0 - fg)
+    assert abs(ref.align_loss(qry, pred, supp, fg, bg_all) - want) > 1e-3
+
+
+def test_alignment_loss_all_zero_masks_is_finite():
+    supp, qry, fg, bg = _episode(75, 2, 2, 2)
+    zeros = np.zeros_like(fg)
+    # Zero masks -> zero prototypes -> all-zero scores -> argmax bg -> every way skipped.
+    pred = np.asarray(_scores_jit(qry, supp, zeros, zeros))
+    assert np.all(pred == 0.0)
+    got = _align_jit(qry, pred, supp, zeros, zeros)
+    assert float(got) == 0.0
+    assert ref.align_loss(qry, pred, supp, zeros, zeros) == 0.0
+    # Random predictions with all-zero support labels: every support CE is over no pixels.
+    # PyTorch would give NaN; ops documents 0 for such a support.
+    pred = _pred_scores(qry, supp, fg, bg)
+    got = _align_jit(qry, pred, supp, zeros, zeros)
+    assert float(got) == 0.0
+    assert np.isnan(ref.align_loss(qry, pred, supp, zeros, zeros))
+    grads = jax.jit(jax.grad(ops.alignment_loss, argnums=(0, 2)))(qry, pred, supp, zeros, zeros)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_alignment_loss_one_empty_support_contributes_zero():
+    supp, qry, fg, bg = _episode(76, 2, 2, 1)
+    fg[1, 1] = 0.0
+    bg[1, 1] = 0.0
+    pred = _pred_scores(qry, supp, fg, bg)
+    want = ref.align_loss(qry, pred, supp, fg, bg, empty_value=0.0)
+    assert want > 0.1
+    _close(_align_jit(qry, pred, supp, fg, bg), want)
+
+
+def test_alignment_loss_scale():
+    supp, qry, fg, bg = _episode(77, 2, 1, 2)
+    pred = _pred_scores(qry, supp, fg, bg)
+    _close(_align_jit(qry, pred, supp, fg, bg, 5.0), ref.align_loss(qry, pred, supp, fg, bg, 5.0))
+
+
+def test_alignment_loss_gradient_flows_to_query_and_support_features():
+    supp, qry, fg, bg = _episode(78, 1, 1, 1)
+    pred = _pred_scores(qry, supp, fg, bg)
+    grad_fn = jax.jit(jax.grad(ops.alignment_loss, argnums=(0, 1, 2)))
+    g_qry, g_pred, g_supp = grad_fn(qry, pred, supp, fg, bg)
+    assert np.max(np.abs(g_qry)) > 1e-4 and np.max(np.abs(g_supp)) > 1e-4
+    assert np.all(np.asarray(g_pred) == 0.0)  # the argmax pseudo-mask carries no gradient
+
+
+# ------------------------------------------------------------------------------------------
+# Support masks from a label map.
+# ------------------------------------------------------------------------------------------
+
+
+def test_support_masks_from_label():
+    rng = np.random.default_rng(80)
+    class_ids = np.array([3, 7], np.int32)
+    label = rng.choice(np.array([0, 3, 7, 12, 255]), size=(17, 23)).astype(np.int32)
+    for way, cid in enumerate(class_ids):
+        fg, bg = ops.support_masks_from_label(label, cid, class_ids)
+        want_fg, want_bg = ref.get_mask(label, int(cid), class_ids)
+        np.testing.assert_array_equal(fg, want_fg)
+        np.testing.assert_array_equal(bg, want_bg)
+        assert fg.dtype == jnp.float32 and bg.dtype == jnp.float32
+        other = class_ids[1 - way]
+        assert np.all(np.asarray(bg)[label == 255] == 1.0)  # VOC boundary counts as bg
+        assert np.all(np.asarray(bg)[label == 12] == 1.0)  # non-episode classes are bg
+        assert np.all(np.asarray(bg)[label == other] == 0.0)  # other ways are excluded
+        assert np.all(np.asarray(fg + bg)[label == other] == 0.0)
+    fgs, bgs = jax.jit(jax.vmap(ops.support_masks_from_label, in_axes=(None, 0, None)))(
+        label, class_ids, class_ids
+    )
+    for way, cid in enumerate(class_ids):
+        want_fg, want_bg = ref.get_mask(label, int(cid), class_ids)
+        np.testing.assert_array_equal(fgs[way], want_fg)
+        np.testing.assert_array_equal(bgs[way], want_bg)
+
+
+# ------------------------------------------------------------------------------------------
+# vmap over a batch of episodes == the per-episode loop == the reference.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_ways,n_shots,n_queries", [(1, 1, 1), (2, 5, 2)])
+def test_vmap_over_episodes(n_ways, n_shots, n_queries):
+    eps = [_episode(90 + b, n_ways, n_shots, n_queries) for b in range(3)]
+    supp, qry, fg, bg = (np.stack(x) for x in zip(*eps, strict=True))
+    scores_b = jax.jit(jax.vmap(ops.query_scores))(qry, supp, fg, bg)
+    protos_b = jax.vmap(ops.episode_prototypes)(supp, fg, bg)
+    pred = np.stack([_pred_scores(q, s, f, g) for s, q, f, g in eps])
+    par_b = jax.jit(jax.vmap(ops.alignment_loss))(qry, pred, supp, fg, bg)
+    for b, (s, q, f, g) in enumerate(eps):
+        np.testing.assert_allclose(scores_b[b], _scores_jit(q, s, f, g), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(par_b[b], _align_jit(q, pred[b], s, f, g), rtol=1e-6, atol=1e-6)
+        want_pred, _ = ref.episode_forward(s, f, g, q)
+        _close(scores_b[b], want_pred)
+        _close(protos_b[b], ref.episode_prototypes(s, f, g))
+        _close(par_b[b], ref.align_loss(q, pred[b], s, f, g))
+
+
+# ------------------------------------------------------------------------------------------
+# float64: the formulations agree to rounding, not just to float32 tolerance.
+# ------------------------------------------------------------------------------------------
+
+
+def test_ops_match_reference_in_float64():
+    supp, qry, fg, bg = _episode(100, 2, 2, 2, (5, 7), (23, 17))
+    supp, qry = supp.astype(np.float64), qry.astype(np.float64)
+    with jax.enable_x64(True):
+        up = ops.resize_bilinear(jnp.asarray(supp), (23, 17))
+        assert up.dtype == jnp.float64
+        np.testing.assert_allclose(up, ref.resize_bilinear(supp, (23, 17)), rtol=1e-12, atol=1e-12)
+        scores = ops.query_scores(
+            jnp.asarray(qry),
+            jnp.asarray(supp),
+            jnp.asarray(fg, jnp.float64),
+            jnp.asarray(bg, jnp.float64),
+        )
+        assert scores.dtype == jnp.float64
+        want, _ = ref.episode_forward(supp, fg, bg, qry)
+        np.testing.assert_allclose(scores, want, rtol=1e-11, atol=1e-11)
+        maps = ops.masked_average_pooling(jnp.asarray(supp), jnp.asarray(fg, jnp.float64))
+        np.testing.assert_allclose(
+            maps[1, 0], ref.get_features(supp[1, 0], fg[1, 0]), rtol=1e-12, atol=1e-12
+        )
+
+
+def test_scores_gradient_float64_finite_differences():
+    # Everything up to the logits stays float64 under x64 (the cross-entropy casts to float32,
+    # so the full loss is checked against the NumPy reference in test_model instead).
+    supp, qry, fg, bg = _episode(101, 2, 2, 1, channels=3)
+    weights = np.random.default_rng(102).normal(size=(1, 17, 23, 3))
+    with jax.enable_x64(True):
+        fg64, bg64 = jnp.asarray(fg, jnp.float64), jnp.asarray(bg, jnp.float64)
+
+        @jax.jit
+        def objective(s, q):
+            logits = ops.resize_bilinear(ops.query_scores(q, s, fg64, bg64), (17, 23))
+            return jnp.sum(weights * logits)
+
+        s64, q64 = supp.astype(np.float64), qry.astype(np.float64)
+        g_supp, g_qry = jax.grad(objective, argnums=(0, 1))(s64, q64)
+        assert g_supp.dtype == jnp.float64
+        step = 1e-6
+        for x, g, argnum in ((s64, g_supp, 0), (q64, g_qry, 1)):
+            fd = np.zeros(x.size)
+            for i in range(x.size):
+                e = np.zeros(x.size)
+                e[i] = step
+                e = e.reshape(x.shape)
+                args_p = (s64 + e, q64) if argnum == 0 else (s64, q64 + e)
+                args_m = (s64 - e, q64) if argnum == 0 else (s64, q64 - e)
+                fd[i] = (float(objective(*args_p)) - float(objective(*args_m))) / (2 * step)
+            np.testing.assert_allclose(
+                np.asarray(g).reshape(-1), fd, rtol=1e-6, atol=1e-6 * np.max(np.abs(fd))
+            )
