@@ -1,0 +1,153 @@
+"""panet_jax.model vs a plain-PyTorch re-statement of the official PANet (tests/torch_reference.py).
+
+Same weights, same episodes: logits, L_seg, L_PAR, the total loss and gradients must agree.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch_reference as tr  # noqa: E402
+
+from panet_jax import pretrained  # noqa: E402
+from panet_jax.model import PANet, panet_loss  # noqa: E402
+from panet_jax.models.vgg import VGG16Encoder, output_size, scaled_channels  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+WIDTH = 1 / 8
+HW = (41, 33)  # non-square; features 6 x 5
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def make_episodes(n_ways: int, n_shots: int, n_queries: int, batch: int, hw: tuple[int, int],
+                  seed: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Batched episodes with rectangle objects, class-coloured noisy images, a row of 255
+    (VOC boundary) pixels per image, and (for N > 1) other episode classes in the supports."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    colours = rng.standard_normal((n_ways + 2, 3))  # bg, ways..., 255
+
+    def label_map(classes: list[int]) -> np.ndarray:
+        lab = np.zeros((h, w), np.int32)
+        for c in classes:
+            y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            dy, dx = rng.integers(h // 4, h // 2 + 1), rng.integers(w // 4, w // 2 + 1)
+            lab[y0 : y0 + dy, x0 : x0 + dx] = c
+        lab[rng.integers(0, h), :] = 255
+        return lab
+
+    def image(lab: np.ndarray) -> np.ndarray:
+        idx = np.where(lab == 255, n_ways + 1, lab)
+        return (colours[idx] + 0.7 * rng.standard_normal((h, w, 3))).astype(np.float32)
+
+    ways = np.arange(1, n_ways + 1)
+    keys = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
+    out: dict[str, list] = {k: [] for k in (*keys, "class_ids")}
+    for _ in range(batch):
+        s_img, s_fg, s_bg = [], [], []
+        for n in range(n_ways):
+            imgs, fgs, bgs = [], [], []
+            for _ in range(n_shots):
+                others = [c for c in ways if c != n + 1 and rng.random() < 0.5]
+                lab = label_map([*others, n + 1])
+                imgs.append(image(lab))
+                fgs.append((lab == n + 1).astype(np.float32))
+                bgs.append(((lab != n + 1) & ~np.isin(lab, ways)).astype(np.float32))
+            s_img.append(imgs)
+            s_fg.append(fgs)
+            s_bg.append(bgs)
+        q_img, q_lab = [], []
+        for _ in range(n_queries):
+            present = [c for c in ways if rng.random() < 0.7] or [int(rng.choice(ways))]
+            lab = label_map(present)
+            q_img.append(image(lab))
+            q_lab.append(lab)
+        for key, val in zip(out, (s_img, s_fg, s_bg, q_img, q_lab, ways), strict=True):
+            out[key].append(val)
+    episodes = {k: np.asarray(v) for k, v in out.items()}
+    episodes["class_ids"] = episodes["class_ids"].astype(np.int32)
+    return episodes
+
+
+def test_width_rounding_matches_vgg():
+    for width in (1.0, 0.5, 1 / 3, 1 / 8, 1 / 16, 0.1, 0.01, 0.003):
+        for ch in (64, 128, 256, 512):
+            assert tr.scaled_channels(ch, width) == scaled_channels(ch, width)
+
+
+def test_reference_encoder_layout():
+    enc = tr.Encoder(width=1.0)
+    keys = list(enc.state_dict())
+    want = [f"features.{i}.{p}" for i in pretrained.TORCHVISION_CONV_INDICES
+            for p in ("weight", "bias")]  # fmt: skip
+    assert keys == want
+    assert len(enc.features) == 29 and not isinstance(enc.features[-1], torch.nn.ReLU)
+    small = tr.Encoder(width=1 / 16)
+    with torch.no_grad():
+        out = small(torch.zeros(1, 3, 417, 417))
+    assert tuple(out.shape) == (1, 32, 53, 53) and output_size(417) == 53
+
+
+@pytest.mark.parametrize(
+    "n_ways,n_shots,n_queries,copy_way",
+    [(1, 1, 1, False), (1, 2, 1, False), (2, 1, 1, False), (2, 2, 2, False), (2, 1, 1, True)],
+)
+def test_panet_matches_official(n_ways, n_shots, n_queries, copy_way):
+    """``copy_way``: in episode 0 way 2's supports are copies of way 1's, so both prototypes and
+    scores tie exactly; argmax picks way 1 (both frameworks take the first maximum) and PAR
+    skips way 2 while still dividing by N = 2."""
+    batch = 2
+    episodes = make_episodes(n_ways, n_shots, n_queries, batch, HW, seed=10 * n_ways + n_shots)
+    if copy_way:
+        for key in ("support_images", "support_fg", "support_bg"):
+            episodes[key][0, 1] = episodes[key][0, 0]
+    torch.manual_seed(n_ways * 7 + n_shots)
+    ref = tr.FewShotSeg(width=WIDTH, align=True).train()
+    with torch.no_grad():
+        for m in tr.conv_modules(ref.encoder):
+            m.bias.uniform_(-0.1, 0.1)
+    total, seg, par, output = tr.official_loss(ref, episodes)
+    total.backward()
+
+    params = {"encoder": pretrained.torchvision_state_to_params(
+        ref.encoder.state_dict(), width=WIDTH)}  # fmt: skip
+    model = PANet(VGG16Encoder(width=WIDTH))
+
+    def loss_fn(p):
+        out = model.apply({"params": p}, episodes)
+        loss, metrics = panet_loss(out, episodes)
+        return loss, (metrics, out["logits"], out["scores"])
+
+    (loss, (metrics, logits, scores)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        jax.tree.map(jnp.asarray, params)
+    )
+
+    predicted = [set(np.unique(np.argmax(scores[b], axis=-1)).tolist()) for b in range(batch)]
+    if copy_way:
+        assert predicted == [{0, 1}, {0, 1, 2}]  # way 2 is skipped in episode 0 only
+    h, w = HW
+    want_logits = output.detach().numpy().reshape(n_queries, batch, 1 + n_ways, h, w)
+    want_logits = want_logits.transpose(1, 0, 3, 4, 2)  # -> [B, Q, H, W, 1 + N]
+    assert logits.shape == want_logits.shape
+    assert rel_err(logits, want_logits) < 1e-4
+    seg, par, total = (float(t.detach()) for t in (seg, par, total))
+    assert par > 0  # PAR is exercised
+    for got, want in ((metrics["loss_seg"], seg), (metrics["loss_par"], par), (loss, total)):
+        assert abs(float(got) - want) / abs(want) < 1e-4, (float(got), want)
+
+    convs = tr.conv_modules(ref.encoder)
+    for idx, name in ((0, "conv1_1"), (6, "conv3_3"), (12, "conv5_3")):
+        want_k = tr.oihw_to_hwio(convs[idx].weight.grad)
+        assert rel_err(grads["encoder"][name]["kernel"], want_k) < 1e-3, name
+        want_b = convs[idx].bias.grad.numpy()
+        assert rel_err(grads["encoder"][name]["bias"], want_b) < 1e-3, name
