@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.n_queries = 1
     c.data.image_size = (417, 417)
     c.data.coco_split = "panet"  # 'panet' (consecutive blocks) | 'interleaved'
+    # TFDS builder config ('' = the builder's default; synthetic: 'default' | 'small' | 'tiny').
+    c.data.builder_config = ""
+    # Generate the dataset into data_dir when it is missing (only 'synthetic' can be generated).
+    c.data.auto_prepare = False
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 30_000
@@ -76,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.eval_after = False  # run the test-fold evaluation when training ends
+    # Resume a workdir whose config.json differs in run-defining keys (else: refuse to start).
+    c.train.resume_mismatch_ok = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -90,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.coordinator_address = ""  # only for non-TPU multi-process runs
     c.parallel.num_processes = 0
     c.parallel.process_id = -1
+    # CPU cross-process collectives for multi-process CPU runs ('' = JAX default, none).
+    c.parallel.cpu_collectives = "gloo"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.protocol = "panet"  # 'panet' (5 x 1000, trainaug pool) | 'hsnet' (VOC val lists)
@@ -99,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.support_annotation = "dense"  # 'dense' | 'scribble' | 'bbox'
     c.eval.per_device_batch = 1
     c.eval.num_images = 4  # overlay PNGs written
+    # 'stateless' (per-episode NumPy seeds) | 'official' (replays the official random.Random
+    # draw; protocol 'panet' only).
+    c.eval.sampler = "stateless"
+    c.eval.split = ""  # TFDS split override ('' = protocol default: trainaug | val | test)
     return c
 
 
