@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from panet_jax import checkpointing, logging_utils, ops, parallel
+from panet_jax import checkpointing, logging_utils, ops, parallel, visualize
 from panet_jax import train_state as ts
 from panet_jax.data import folds
 from panet_jax.data.spec import EPISODE_KEYS
@@ -366,7 +366,7 @@ def _train_loop(
         if t.image_every and done % t.image_every == 0:
             preds = predict(state, parallel.host_batch_to_global(batch, mesh))
             episode = {k: v[0] for k, v in batch.items()}
-            panel = logging_utils.episode_panel(episode, _first_local(preds)[0])
+            panel = visualize.episode_panel(episode, _first_local(preds))
             writer.write_images(done, {"train/episode": panel[None]})
         stop = watcher.should_stop(done)
         if done % t.log_every == 0 or done == total or stop:

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import train_helpers as h
+from tensorboard.backend.event_processing import event_accumulator
 
 from panet_jax import checkpointing, parallel, trainer
 from panet_jax import train_state as ts
@@ -44,7 +45,11 @@ def test_entry_point_trains_on_4_devices(tmp_path, data_dir):
     assert "devices 4 (4 local, 1 processes), 4 episodes/step" in proc.stderr
     assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["2", "4"]
     assert (wd / "config.json").is_file()
-    assert list(wd.glob("events.out.tfevents.*"))
+    (events,) = wd.glob("events.out.tfevents.*")
+    acc = event_accumulator.EventAccumulator(str(events), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"loss", "loss_seg", "loss_par", "lr", "episodes_per_s", "train/episode"} <= tags, tags
     assert checkpointing.load_config(wd).data.n_shots == 1
 
 
