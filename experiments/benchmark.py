@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="episodes per step")
     p.add_argument("--width", type=float, default=1.0, help="encoder channel multiplier")
     p.add_argument("--repeats", type=int, default=5, help="timed steps (after the warm-up)")
+    p.add_argument(
+        "--matmul_size", type=int, default=0,
+        help="side of the matmul measuring the device's rate for MFU (0: 8192 on GPU/TPU, "
+        "2048 on CPU)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument(
@@ -119,12 +124,15 @@ def run_config(size: int, shots: int, dtype: str, args: argparse.Namespace) -> d
 
     from panet_jax.model import PANet, panet_loss
     from panet_jax.models.vgg import VGG16Encoder
+    from panet_jax.optim import pytorch_sgd
 
     dev = jax.devices()[0]
+    if not args.matmul_size:
+        args.matmul_size = 2048 if dev.platform == "cpu" else 8192
     model = PANet(VGG16Encoder(width=args.width, dtype=getattr(jnp, dtype)))
     init = jax.jit(lambda rng: model.init_params(rng, (33, 33), args.ways, shots))
     params = init(jax.random.PRNGKey(0))["params"]  # image size does not change the params
-    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(1e-3, momentum=0.9))
+    tx = pytorch_sgd(1e-3, momentum=0.9, weight_decay=5e-4)  # the official optimiser
     opt_state = tx.init(params)
     batch = jax.device_put(synthetic_batch(args.ways, shots, args.queries, args.batch, size), dev)
 
@@ -148,6 +156,8 @@ def run_config(size: int, shots: int, dtype: str, args: argparse.Namespace) -> d
         xla_temp = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:  # not every backend reports it
         pass
+    flops = step_flops(compiled)
+    matmul_rate = measured_matmul_rate(dtype, args.matmul_size)
 
     losses: list[float] = []
     cpu_times: list[float] = []
@@ -189,9 +199,44 @@ def run_config(size: int, shots: int, dtype: str, args: argparse.Namespace) -> d
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
         "xla_temp_bytes": xla_temp,
+        "episodes_per_s": args.batch / statistics.median(times),
+        "step_flops": flops,
+        "achieved_flops_per_s": None if flops is None else flops / statistics.median(times),
+        "matmul_flops_per_s": matmul_rate,
+        # Model FLOPs utilisation against the device's *measured* dense matmul rate.
+        "mfu": None if flops is None else flops / statistics.median(times) / matmul_rate,
         "final_loss": losses[-1],
         "loss_finite": bool(np.all(np.isfinite(losses))),
     }
+
+
+def step_flops(compiled) -> float | None:
+    """FLOPs of one compiled step from XLA's cost analysis (None if the backend has none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def measured_matmul_rate(dtype: str, n: int, repeats: int = 5) -> float:
+    """Median FLOP/s of an ``n x n`` matmul in ``dtype`` on the default device: the
+    denominator of the MFU column (a measured, not a datasheet, peak)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), getattr(jnp, dtype))
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
 
 
 def run_isolated(size: int, shots: int, dtype: str, argv: list[str]) -> dict[str, Any]:
@@ -212,25 +257,28 @@ def markdown_table(results: list[dict[str, Any]], device: str) -> str:
     head = (
         "| device | image | N-way K-shot | dtype | trace+lower (s) | compile (s) | first step (s) "
         "| median step (s) | min (s) | steps timed | median CPU time (s) | load avg "
-        "| peak memory |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| peak memory | episodes/s | GFLOP/step | MFU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for r in results:
         if "error" in r:
             rows.append(
                 f"| {device} | {r['size']}x{r['size']} | {r['shots']}-shot | {r['dtype']} "
-                f"| failed: {r['error']} | | | | | | | | |"
+                f"| failed: {r['error']} | | | | | | | | | | | |"
             )
             continue
         first = f"{r['warmup_s'][0]:.2f}" if r["warmup_s"] else "-"
         kind = "RSS" if "RSS" in r["peak_memory_kind"] else "device"
         load = "/".join(f"{v:.1f}" for v in r["loadavg_1min_before_after"])
+        gflop = "-" if r.get("step_flops") is None else f"{r['step_flops'] / 1e9:.0f}"
+        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         rows.append(
             f"| {device} | {r['size']}x{r['size']} | {r['ways']}-way {r['shots']}-shot "
             f"| {r['dtype']} | {r['trace_lower_s']:.2f} | {r['compile_s']:.2f} | {first} "
             f"| **{r['median_step_s']:.2f}** | {r['min_step_s']:.2f} | {len(r['step_s'])} "
-            f"| {r['median_cpu_step_s']:.2f} | {load} | {_gib(r['peak_memory_bytes'])} ({kind}) |"
+            f"| {r['median_cpu_step_s']:.2f} | {load} | {_gib(r['peak_memory_bytes'])} ({kind}) "
+            f"| {r['episodes_per_s']:.3f} | {gflop} | {mfu} |"
         )
     return "\n".join(rows)
 
@@ -253,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--width={args.width}",
         f"--repeats={args.repeats}",
         f"--warmup={args.warmup}",
+        f"--matmul_size={args.matmul_size}",
     ]
     results = []
     for dtype in args.dtypes:

@@ -113,6 +113,26 @@ def test_determinism_resume_and_process_streams(syn_dir):
     assert sampler.draw(3, 1).images.tolist() != sampler.draw(3, 0).images.tolist()
 
 
+def test_global_batch_is_independent_of_the_process_split(syn_dir):
+    """Two hosts of 2 episodes see exactly the step's episodes one host of 4 sees."""
+    cfg = _tiny(n_shots=1, n_queries=1)
+    one = _collect(episode_dataset(cfg, data_dir=syn_dir, seed=3, batch_size=4, num_steps=3))
+    hosts = [
+        _collect(
+            episode_dataset(
+                cfg, data_dir=syn_dir, seed=3, batch_size=2, num_steps=3, process_index=p,
+                process_count=2,
+            )
+        )
+        for p in (0, 1)
+    ]  # fmt: skip
+    joined = [
+        {k: np.concatenate([a[k], b[k]]) for k in spec.EPISODE_KEYS}
+        for a, b in zip(*hosts, strict=True)
+    ]
+    _assert_same(one, joined)
+
+
 @pytest.mark.parametrize("fold", [0, 3])
 def test_fold_separation(syn_dir, fold):
     test = set(folds.test_classes("synthetic", fold))

@@ -274,9 +274,16 @@ class EpisodeSampler:
         """Global episode counter across processes (official / HSNet walks)."""
         return (step * self.process_count + self.process_index) * self.batch_size + b
 
+    def global_slot(self, b: int) -> int:
+        """Position of this host's episode ``b`` in the global batch of a step."""
+        return self.process_index * self.batch_size + b
+
     def draw(self, step: int, b: int) -> Draw:
+        """Episode ``b`` of this host's batch at ``step``: a pure function of
+        ``(seed, step, global slot)``, so hosts draw disjoint streams and the episodes of a step
+        depend only on the global batch size, not on how it is split over processes."""
         cfg = self.cfg
-        rng = np.random.default_rng([self.seed, step, self.process_index, b])
+        rng = np.random.default_rng([self.seed, step, self.global_slot(b)])
         if self.official is not None:
             ep = self.official[self.episode_number(step, b)]
             class_ids = np.asarray(ep.class_ids)
