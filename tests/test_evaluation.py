@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from panet_jax import checkpointing, evaluation, train_state
+from panet_jax import checkpointing, evaluation, train_state, trainer
 from panet_jax.data import builders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,12 +51,9 @@ def setup(tmp_path_factory):
     data_dir = str(root / "data")
     builders.prepare("synthetic_fss", data_dir=data_dir, config="tiny")
     config = make_config(data_dir)
-    state = train_state.create_train_state(config, jax.random.key(0))
     ckpt_workdir = root / "run"
-    checkpointing.prepare_workdir(ckpt_workdir, config)
-    with checkpointing.Checkpointer(ckpt_workdir / checkpointing.CHECKPOINT_DIR) as ckpt:
-        ckpt.save(state, config)
-        ckpt.wait()
+    state, _ = trainer.train(config, str(ckpt_workdir))  # a checkpoint trained on the set
+    assert int(state.step) == config.train.steps
     return {"root": root, "data_dir": data_dir, "config": config, "ckpt": ckpt_workdir,
             "variables": {"params": state.params}}  # fmt: skip
 
