@@ -33,7 +33,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from panet_jax import ops
 from panet_jax.data.spec import IMAGENET_MEAN, IMAGENET_STD
-from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder, scaled_channels
+from panet_jax.models.vgg import VGG16Encoder
+from panet_jax.pretrained import check_encoder_params
 
 MAX_SUPPORTS = 5
 PathLike = str | os.PathLike
@@ -161,20 +162,17 @@ def encoder_params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def infer_width(params: Mapping[str, Any], width: float | None = None) -> float:
-    """The encoder width multiplier that produced ``params`` (checked layer by layer).
+    """The encoder width multiplier that produced ``params`` (every layer's shapes checked by
+    :func:`panet_jax.pretrained.check_encoder_params`).
 
     ``width`` given: verify it instead. ``ValueError`` on a mismatch.
     """
-    out = int(np.shape(params["conv5_3"]["kernel"])[-1])
     if width is None:
-        width = out / 512
-    for name, ch, _ in VGG16_LAYERS:
-        got = int(np.shape(params[name]["kernel"])[-1])
-        if got != scaled_channels(ch, width):
-            raise ValueError(
-                f"encoder layer {name} has {got} channels, but width={width} gives "
-                f"{scaled_channels(ch, width)}; pass the width the model was trained with"
-            )
+        width = int(np.shape(params["conv5_3"]["kernel"])[-1]) / 512
+    check_encoder_params(
+        params, f"encoder params at width={width} (pass the width the model was trained with)",
+        width,
+    )  # fmt: skip
     return float(width)
 
 
