@@ -193,19 +193,24 @@ def test_panet_loss_without_alignment():
     assert float(metrics["loss_par"]) == 0.0 and float(loss) == float(metrics["loss_seg"])
 
 
-def test_panet_forward_and_loss_with_table_encoder():
-    episodes, supp, qry = _batch(6, 2, 2, 2, 2, feat_hw=(7, 5), image_hw=(29, 17))
-    net, params = _table_model(supp, qry)
-    outputs = jax.jit(net.apply)(params, episodes)
-    np.testing.assert_array_equal(outputs["support_features"], supp)
-    np.testing.assert_array_equal(outputs["query_features"], qry)
-    for e in range(2):
+def _check_outputs(outputs, episodes, supp, qry) -> None:
+    """Scores and logits of every episode equal the reference forward on the same features."""
+    for e in range(supp.shape[0]):
         pred, logits = ref.episode_forward(
             supp[e], episodes["support_fg"][e], episodes["support_bg"][e], qry[e]
         )
         np.testing.assert_allclose(outputs["scores"][e], pred, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(outputs["logits"][e], logits, rtol=RTOL, atol=ATOL)
     assert _argmax_margin(outputs["scores"]) > 1e-4
+
+
+def test_panet_forward_and_loss_with_table_encoder():
+    episodes, supp, qry = _batch(6, 2, 2, 2, 2, feat_hw=(7, 5), image_hw=(29, 17))
+    net, params = _table_model(supp, qry)
+    outputs = jax.jit(net.apply)(params, episodes)
+    np.testing.assert_array_equal(outputs["support_features"], supp)
+    np.testing.assert_array_equal(outputs["query_features"], qry)
+    _check_outputs(outputs, episodes, supp, qry)
     _, metrics = _loss_jit(outputs, episodes, par_weight=0.7)
     _check_metrics(metrics, *_ref_loss(episodes, supp, qry, par_weight=0.7))
 
@@ -233,13 +238,7 @@ def test_panet_with_vgg_encoder():
     supp = np.asarray(outputs["support_features"], np.float64)
     qry = np.asarray(outputs["query_features"], np.float64)
     assert supp.shape == (2, 2, 1, 5, 7, 32) and qry.shape == (2, 1, 5, 7, 32)
-    for e in range(2):
-        pred, logits = ref.episode_forward(
-            supp[e], episodes["support_fg"][e], episodes["support_bg"][e], qry[e]
-        )
-        np.testing.assert_allclose(outputs["scores"][e], pred, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(outputs["logits"][e], logits, rtol=RTOL, atol=ATOL)
-    assert _argmax_margin(outputs["scores"]) > 1e-4
+    _check_outputs(outputs, episodes, supp, qry)
     _, metrics = _loss_jit(outputs, episodes)
     _check_metrics(metrics, *_ref_loss(episodes, supp, qry))
 
