@@ -44,7 +44,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from panet_jax import metrics, ops, parallel, visualize
+from panet_jax import logging_utils, metrics, ops, parallel, visualize
 from panet_jax.data import folds
 from panet_jax.data.spec import EPISODE_KEYS, zeros_episode
 
@@ -157,18 +157,6 @@ def make_eval_step(
     return jax.jit(mapped)
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a ``'batch'``-sharded array, in order."""
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    rows, seen = [], set()
-    for s in shards:
-        start = s.index[0].start or 0
-        if start not in seen:  # replicas of a row block (not on a 1-D batch mesh) once
-            seen.add(start)
-            rows.append(np.asarray(s.data))
-    return np.concatenate(rows)
-
-
 # --------------------------------------------------------------------------------------------
 # Episode stream of one run.
 # --------------------------------------------------------------------------------------------
@@ -257,21 +245,12 @@ class Progress:
         eta = (self.total - overall) / rate if rate > 0 else math.nan
         line = (
             f"eval run {run + 1}/{runs} | {done}/{per_run} episodes | {rate:.1f} ep/s | "
-            f"ETA {_duration(eta)}"
+            f"ETA {logging_utils.format_duration(eta)}"
         )
         print(("\r" + line + "\x1b[K") if self.tty else line, end="\n" if end or not self.tty
               else "", file=sys.stderr, flush=True)  # fmt: skip
         if end:
             self.finished += per_run
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = round(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,9 +485,8 @@ def evaluate(
                 parallel.host_batch_to_global({"v": valid}, mesh)["v"],
             )
             if r == 0 and s * host_batch < n_images:  # episodes 0.. are process 0's first rows
-                _write_images(
-                    out_dir, batch, valid, _local_rows(pred), s * host_batch, n_images, names
-                )
+                rows = parallel.local_rows(pred)
+                _write_images(out_dir, batch, valid, rows, s * host_batch, n_images, names)
             if pending is not None:  # read the previous step's counts: keeps the device busy
                 acc = _add(acc, pending)
             pending = counts

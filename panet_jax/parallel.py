@@ -194,3 +194,15 @@ def global_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
 def host_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
     """Episodes this process loads per step: local device count x ``per_device_batch``."""
     return len(mesh.local_devices) * int(config.train.per_device_batch)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a ``'batch'``-sharded array, in order."""
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for s in shards:
+        start = s.index[0].start or 0
+        if start not in seen:  # replicas of a row block (not on a 1-D batch mesh) once
+            seen.add(start)
+            rows.append(np.asarray(s.data))
+    return np.concatenate(rows)

@@ -203,12 +203,6 @@ def make_predict(mesh: Mesh):
     return jax.jit(mapped)
 
 
-def _first_local(x: jax.Array) -> np.ndarray:
-    """The first episode held by this process of a ``'batch'``-sharded array."""
-    shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.asarray(shard.data)[0]
-
-
 def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in window])) for k in window[0]}
 
@@ -366,7 +360,7 @@ def _train_loop(
         if t.image_every and done % t.image_every == 0:
             preds = predict(state, parallel.host_batch_to_global(batch, mesh))
             episode = {k: v[0] for k, v in batch.items()}
-            panel = visualize.episode_panel(episode, _first_local(preds))
+            panel = visualize.episode_panel(episode, parallel.local_rows(preds)[0])
             writer.write_images(done, {"train/episode": panel[None]})
         stop = watcher.should_stop(done)
         if done % t.log_every == 0 or done == total or stop:
