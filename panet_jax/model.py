@@ -70,8 +70,9 @@ class PANet(nn.Module):
             "query_features": qry_fts,
         }
 
-    def init_params(self, rng: Array, image_size: tuple[int, int], n_ways: int = 1,
-                    n_shots: int = 1) -> dict[str, Any]:
+    def init_params(
+        self, rng: Array, image_size: tuple[int, int], n_ways: int = 1, n_shots: int = 1
+    ) -> dict[str, Any]:
         """Initialise variables from a dummy one-episode batch."""
         dummy = zeros_episode(n_ways, n_shots, 1, *image_size, batch=(1,))
         return self.init(rng, dummy)

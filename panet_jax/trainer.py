@@ -191,6 +191,16 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def tensorboard_writer(workdir: str, enabled: bool = True) -> Any:
+    """An asynchronous clu writer of TensorBoard events in ``workdir``; writes nothing when not
+    ``enabled`` (hosts other than the first). No clu ``LoggingWriter``: the progress line is
+    the log, and a second copy of every scalar in it would only be noise."""
+    from clu import metric_writers  # imports TensorFlow
+
+    sinks = [metric_writers.SummaryWriter(workdir)] if enabled else []
+    return metric_writers.AsyncMultiWriter(sinks)
+
+
 def make_predict(mesh: Mesh):
     """``(state, global batch) -> [global_B, Q, H, W]`` argmax predictions, ``'batch'``-sharded."""
 
@@ -203,8 +213,12 @@ def make_predict(mesh: Mesh):
     return jax.jit(mapped)
 
 
-def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+def _window_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    """Losses averaged over the log window; ``lr`` as of its last step (a mean across a
+    milestone would be a rate that was never used)."""
+    out = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+    out["lr"] = window[-1]["lr"]
+    return out
 
 
 def _non_finite_error(what: str, ckpt: checkpointing.Checkpointer) -> FloatingPointError:
@@ -235,8 +249,8 @@ def _save(
 def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[ts.TrainState, dict[str, Any]]:
     """Validate, set up, resume or init, and run the loop to ``config.train.steps`` (or a
     preemption); the final state is checkpointed. Returns ``(state, metrics)``: the state
-    replicated on all devices; metrics are the means over the last log window plus
-    ``step`` and ``preempted``."""
+    replicated on all devices; metrics are those of the last log window (losses averaged, lr
+    of its last step) plus ``step`` and ``preempted``."""
     validate_config(config)
     check_dataset(config)
     maybe_initialize_distributed(config)
@@ -246,11 +260,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[ts.TrainStat
         workdir, config, write=is_main, allow_mismatch=config.train.resume_mismatch_ok
     )
 
-    from clu import metric_writers  # imports TensorFlow
-
     mesh = parallel.make_mesh()
     total = config.train.steps
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    writer = tensorboard_writer(workdir, enabled=is_main)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, checkpointing.CHECKPOINT_DIR), keep=config.train.keep_checkpoints
     )
@@ -299,14 +311,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config, {"params": state.params}, workdir=os.path.abspath(workdir), progress=is_main
         )
         if is_main:
-            from clu import metric_writers
-
             scalars = {
                 f"eval/{k}": float(v)
                 for k, v in eval_metrics.items()
                 if isinstance(v, int | float | np.floating | np.integer)
             }
-            writer = metric_writers.create_default_writer(os.path.abspath(workdir))
+            writer = tensorboard_writer(os.path.abspath(workdir))
             writer.write_scalars(int(result["step"]), scalars)
             writer.close()
         # Evaluation keys as they are (miou_mean, ...); clashing ones get an 'eval_' prefix.
@@ -369,7 +379,7 @@ def _train_loop(
                 pending = None
             elapsed = time.perf_counter() - t_window
             eps = n_window * global_batch / elapsed if elapsed > 0 and n_window else float("nan")
-            scalars = dict(_mean_metrics(window), episodes_per_s=eps)
+            scalars = dict(_window_metrics(window), episodes_per_s=eps)
             writer.write_scalars(done, scalars)
             if is_main:
                 eta = (total - done) * global_batch / eps if eps == eps and eps > 0 else np.nan

@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 import train_helpers as h
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -34,14 +35,20 @@ def _final(stderr: str) -> dict:
 
 def test_entry_point_trains_on_4_devices(tmp_path, data_dir):
     wd = tmp_path / "wd"
-    proc = h.run_train(wd, f"--config.data.data_dir={data_dir}", devices=4)
+    # The lr milestone falls inside the last log window (updates 2 and 3): the rate logged for
+    # step 4 is the one its last update used, not the window mean 5.5e-3.
+    proc = h.run_train(
+        wd, f"--config.data.data_dir={data_dir}", "--config.optim.milestones=(3,)", devices=4
+    )
     final = _final(proc.stderr)
     assert final["step"] == 4 and math.isfinite(final["loss"]), final
     assert re.search(
-        r"step 4/4 \| loss [0-9.]+ \(seg [0-9.]+, par [0-9.]+\) \| lr 1\.0e-02 \| "
+        r"step 2/4 \| loss [0-9.]+ \(seg [0-9.]+, par [0-9.]+\) \| lr 1\.0e-02 \| "
         r"[0-9.]+ ep/s \| ETA",
         proc.stderr,
     )
+    assert re.search(r"step 4/4 \| .* \| lr 1\.0e-03 \| [0-9.]+ ep/s \| ETA", proc.stderr)
+    assert "episodes_per_s=" not in proc.stderr  # one progress line per log step, no echo
     assert "devices 4 (4 local, 1 processes), 4 episodes/step" in proc.stderr
     assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["2", "4"]
     assert (wd / "config.json").is_file()
@@ -50,6 +57,8 @@ def test_entry_point_trains_on_4_devices(tmp_path, data_dir):
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
     assert {"loss", "loss_seg", "loss_par", "lr", "episodes_per_s", "train/episode"} <= tags, tags
+    lr = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("lr")}
+    np.testing.assert_allclose([lr[2], lr[4]], [1e-2, 1e-3], rtol=1e-6)
     assert checkpointing.load_config(wd).data.n_shots == 1
 
 
