@@ -172,6 +172,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=not read_only,
             read_only=read_only,
+            save_interval_steps=0 if read_only else 1,  # orbax warns when it must force this
             # Orbax renames <step>.orbax-checkpoint-tmp* to <step> on commit; leftovers of a
             # crashed save are not steps and are removed on the next start.
             cleanup_tmp_directories=not read_only,
