@@ -67,7 +67,9 @@ def reconcile(config, saved) -> list[str]:
     if saved is None:
         return warnings
     for key, value in saved.get("model", {}).items():
-        if key == "pretrained" or key not in config.model:
+        # The weights' initial file and the compute dtype are choices of this run, not of the
+        # trained network (float32 weights evaluate in bfloat16 or float64 as well).
+        if key in ("pretrained", "dtype") or key not in config.model:
             continue
         if not _same(config.model[key], value):
             warnings.append(

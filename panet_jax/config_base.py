@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "vgg16"
     c.model.width = 1.0  # channel multiplier (1.0 = real VGG-16)
-    c.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16'
+    c.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' | 'float64' (x64 checks)
     c.model.scale = 20.0  # cosine scaling alpha
     # ImageNet init: torchvision vgg16-397923af.pth, Keras VGG16 .h5, or a converted .npz.
     # '' = random init (kaiming normal, as the official code before its weight copy).

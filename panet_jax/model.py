@@ -50,7 +50,8 @@ class PANet(nn.Module):
         images = jnp.concatenate(
             [supp.reshape(b * n * k, h, w, 3), qry.reshape(b * q, h, w, 3)], axis=0
         )
-        fts = self.encoder(images).astype(jnp.float32)
+        fts = self.encoder(images)
+        fts = fts.astype(jnp.promote_types(fts.dtype, jnp.float32))  # bf16 -> f32; f64 stays
         fh, fw, c = fts.shape[1:]
         supp_fts = fts[: b * n * k].reshape(b, n, k, fh, fw, c)
         qry_fts = fts[b * n * k :].reshape(b, q, fh, fw, c)
@@ -58,17 +59,9 @@ class PANet(nn.Module):
 
     def __call__(self, episodes: dict[str, Array]) -> dict[str, Array]:
         supp_fts, qry_fts = self.features(episodes)
-        fg, bg = episodes["support_fg"], episodes["support_bg"]
-        scores = jax.vmap(ops.query_scores, in_axes=(0, 0, 0, 0, None))(
-            qry_fts, supp_fts, fg, bg, self.scale
+        return panet_head(
+            supp_fts, qry_fts, episodes["support_fg"], episodes["support_bg"], self.scale
         )
-        logits = ops.resize_bilinear(scores, fg.shape[-2:])
-        return {
-            "logits": logits,
-            "scores": scores,
-            "support_features": supp_fts,
-            "query_features": qry_fts,
-        }
 
     def init_params(
         self, rng: Array, image_size: tuple[int, int], n_ways: int = 1, n_shots: int = 1
@@ -76,6 +69,33 @@ class PANet(nn.Module):
         """Initialise variables from a dummy one-episode batch."""
         dummy = zeros_episode(n_ways, n_shots, 1, *image_size, batch=(1,))
         return self.init(rng, dummy)
+
+
+def panet_head(
+    support_features: Array,
+    query_features: Array,
+    support_fg: Array,
+    support_bg: Array,
+    scale: float = ops.DEFAULT_SCALE,
+) -> dict[str, Array]:
+    """The parameter-free PANet head on a batch of encoded episodes.
+
+    Args:
+      support_features: ``[B, N, K, h, w, C]``; query_features: ``[B, Q, h, w, C]``;
+      support_fg, support_bg: ``[B, N, K, H, W]`` masks at image resolution.
+    Returns:
+      The :class:`PANet` outputs (``logits``, ``scores``, ``support_features``,
+      ``query_features``); the features are passed through so :func:`panet_loss` can use them.
+    """
+    scores = jax.vmap(ops.query_scores, in_axes=(0, 0, 0, 0, None))(
+        query_features, support_features, support_fg, support_bg, scale
+    )
+    return {
+        "logits": ops.resize_bilinear(scores, support_fg.shape[-2:]),
+        "scores": scores,
+        "support_features": support_features,
+        "query_features": query_features,
+    }
 
 
 def panet_loss(
@@ -99,7 +119,7 @@ def panet_loss(
       ``(loss, metrics)`` with metrics ``loss``, ``loss_seg``, ``loss_par`` (shares, as loss).
     """
     ce_sum, ce_count = ops.cross_entropy_sum(outputs["logits"], episodes["query_labels"])
-    n_episodes = jnp.asarray(outputs["logits"].shape[0], jnp.float32)
+    n_episodes = jnp.asarray(outputs["logits"].shape[0], ce_sum.dtype)
     if axis_name is not None:
         ce_count = jax.lax.psum(ce_count, axis_name)
         n_episodes = jax.lax.psum(n_episodes, axis_name)
@@ -115,6 +135,6 @@ def panet_loss(
         )
         loss_par = jnp.sum(par) / n_episodes
     else:
-        loss_par = jnp.zeros((), jnp.float32)
+        loss_par = jnp.zeros((), ce_sum.dtype)
     loss = loss_seg + par_weight * loss_par
     return loss, {"loss": loss, "loss_seg": loss_seg, "loss_par": loss_par}

@@ -194,14 +194,15 @@ def cross_entropy_sum(
       logits: ``[..., H, W, P]``; labels: ``[..., H, W]`` ints in ``[0, P)`` or ``ignore_label``.
     Returns:
       ``(sum of -log softmax(logits)[label] over valid pixels, count of valid pixels)``, both
-      float32 scalars. ``nn.CrossEntropyLoss(ignore_index=255)`` is ``sum / count``.
+      scalars of at least float32 (float64 logits stay float64).
+      ``nn.CrossEntropyLoss(ignore_index=255)`` is ``sum / count``.
     """
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     valid = labels != ignore_label
     safe = jnp.where(valid, labels, 0).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.float32)
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(logits.dtype)
 
 
 def cross_entropy(logits: Array, labels: Array, ignore_label: int = IGNORE_LABEL) -> Array:

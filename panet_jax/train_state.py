@@ -14,7 +14,12 @@ from panet_jax import optim
 from panet_jax.model import PANet
 from panet_jax.models.vgg import VGG16Encoder
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Compute dtype -> (compute, param) dtypes. float64 is for exactness checks (needs x64).
+_DTYPES = {
+    "float32": (jnp.float32, jnp.float32),
+    "bfloat16": (jnp.bfloat16, jnp.float32),
+    "float64": (jnp.float64, jnp.float64),
+}
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -31,7 +36,14 @@ def build_model(config: ml_collections.ConfigDict) -> PANet:
         raise ValueError(f"config.model.encoder={m.encoder!r}: only 'vgg16' is implemented")
     if m.dtype not in _DTYPES:
         raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
-    return PANet(encoder=VGG16Encoder(width=m.width, dtype=_DTYPES[m.dtype]), scale=m.scale)
+    if m.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "config.model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (it is meant "
+            "for exactness checks, not training)"
+        )
+    dtype, param_dtype = _DTYPES[m.dtype]
+    encoder = VGG16Encoder(width=m.width, dtype=dtype, param_dtype=param_dtype)
+    return PANet(encoder=encoder, scale=m.scale)
 
 
 def _state_from_params(config: ml_collections.ConfigDict, params: Any) -> TrainState:

@@ -1,7 +1,7 @@
 """An independent float64 NumPy transcription of the official PANet head (kaixin96/PANet).
 
-Written from ``shared/reference/panet_official.md`` (sections 2, 3, 10) and the official
-``models/fewshot.py`` / ``train.py`` / ``dataloaders/customized.py``, *not* from
+Written from the official ``models/fewshot.py`` / ``train.py`` /
+``dataloaders/customized.py`` (kaixin96/PANet at 1695bf3), *not* from
 ``panet_jax/ops.py``. It deliberately follows the official code path literally:
 
 * ``get_features`` upsamples the support **features** to the mask size with a PyTorch-style

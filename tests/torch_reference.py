@@ -1,7 +1,7 @@
 """Plain-PyTorch re-statement of the official PANet model (kaixin96/PANet), for comparisons.
 
 Transcribed from ``models/vgg.py`` (``Encoder``) and ``models/fewshot.py`` (``FewShotSeg``)
-as described in ``shared/reference/panet_official.md`` sections 1-3: NCHW, list-of-tensors
+of kaixin96/PANet (1695bf3): NCHW, list-of-tensors
 inputs, a Python loop over episodes, ``F.interpolate(mode='bilinear', align_corners=False)``,
 support masked average pooling on features *upsampled to the mask size*,
 ``F.cosine_similarity * 20`` and ``F.cross_entropy(ignore_index=255)``.
@@ -105,6 +105,9 @@ class FewShotSeg(nn.Module):
             [torch.cat(way, dim=0) for way in supp_imgs] + [torch.cat(qry_imgs, dim=0)], dim=0
         )
         img_fts = self.encoder(imgs_concat)
+        if img_fts.requires_grad:  # expose d loss / d features to the tests
+            img_fts.retain_grad()
+        self.last_features = img_fts
         fts_size = img_fts.shape[-2:]
         supp_fts = img_fts[: n_ways * n_shots * batch_size].view(
             n_ways, n_shots, batch_size, -1, *fts_size
@@ -207,23 +210,24 @@ class FewShotSeg(nn.Module):
 
 
 def episodes_to_official(
-    episodes: Mapping[str, np.ndarray],
+    episodes: Mapping[str, np.ndarray], dtype: np.dtype = np.float32
 ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], list[list[torch.Tensor]],
            list[torch.Tensor], torch.Tensor]:  # fmt: skip
-    """Batched episode dict (``panet_jax.data.spec``, NHWC) -> official forward arguments and
-    the ``[N_q * B, H, W]`` query label (query-major, as ``train.py`` concatenates it)."""
-    supp = np.asarray(episodes["support_images"], np.float32)  # B N K H W 3
+    """Batched episode dict (``panet_jax.data.spec``, NHWC) -> official forward arguments in
+    ``dtype`` and the ``[N_q * B, H, W]`` query label (query-major, as ``train.py``
+    concatenates it)."""
+    supp = np.asarray(episodes["support_images"], dtype)  # B N K H W 3
     n_ways, n_shots = supp.shape[1:3]
     t = torch.from_numpy
     supp_imgs = [
         [t(np.ascontiguousarray(supp[:, n, k].transpose(0, 3, 1, 2))) for k in range(n_shots)]
         for n in range(n_ways)
     ]
-    fg = np.asarray(episodes["support_fg"], np.float32)
-    bg = np.asarray(episodes["support_bg"], np.float32)
+    fg = np.asarray(episodes["support_fg"], dtype)
+    bg = np.asarray(episodes["support_bg"], dtype)
     fore = [[t(np.ascontiguousarray(fg[:, n, k])) for k in range(n_shots)] for n in range(n_ways)]
     back = [[t(np.ascontiguousarray(bg[:, n, k])) for k in range(n_shots)] for n in range(n_ways)]
-    qry = np.asarray(episodes["query_images"], np.float32)  # B Q H W 3
+    qry = np.asarray(episodes["query_images"], dtype)  # B Q H W 3
     qry_imgs = [t(np.ascontiguousarray(qry[:, q].transpose(0, 3, 1, 2))) for q in
                 range(qry.shape[1])]  # fmt: skip
     labels = np.asarray(episodes["query_labels"]).astype(np.int64)  # B Q H W
@@ -234,10 +238,14 @@ def episodes_to_official(
 
 
 def official_loss(
-    model: FewShotSeg, episodes: Mapping[str, np.ndarray], par_weight: float = 1.0
+    model: FewShotSeg,
+    episodes: Mapping[str, np.ndarray],
+    par_weight: float = 1.0,
+    dtype: np.dtype = np.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``train.py``'s loss: ``(total, query CE, align loss, logits [N_q*B, 1+Wa, H, W])``."""
-    supp_imgs, fore, back, qry_imgs, query_label = episodes_to_official(episodes)
+    """``train.py``'s loss: ``(total, query CE, align loss, logits [N_q*B, 1+Wa, H, W])``;
+    ``dtype`` float64 with a ``.double()`` model for the exactness checks."""
+    supp_imgs, fore, back, qry_imgs, query_label = episodes_to_official(episodes, dtype)
     output, align = model(supp_imgs, fore, back, qry_imgs)
     criterion = nn.CrossEntropyLoss(ignore_index=255)
     query_loss = criterion(output, query_label)
@@ -248,6 +256,18 @@ def official_loss(
 def conv_modules(encoder: Encoder) -> list[nn.Conv2d]:
     """The 13 convs of the encoder, in order (conv1_1 ... conv5_3)."""
     return [m for m in encoder.features if isinstance(m, nn.Conv2d)]
+
+
+def features_to_jax(
+    fts: torch.Tensor, n_ways: int, n_shots: int, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official encoder output ``[Wa*Sh*B + N_q*B, C, h, w]`` (or its gradient) as
+    ``(support [B, N, K, h, w, C], query [B, Q, h, w, C])`` in panet_jax's layout."""
+    x = fts.detach().cpu().numpy()
+    nkb = n_ways * n_shots * batch
+    supp = x[:nkb].reshape(n_ways, n_shots, batch, *x.shape[1:]).transpose(2, 0, 1, 4, 5, 3)
+    qry = x[nkb:].reshape(-1, batch, *x.shape[1:]).transpose(1, 0, 3, 4, 2)
+    return supp, qry
 
 
 def oihw_to_hwio(w: torch.Tensor) -> np.ndarray:

@@ -30,8 +30,10 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
     """Environment of a CPU child with ``devices`` host devices and fast, unoptimised XLA
     compiles (as ``tests/conftest.py`` sets in-process)."""
     env = dict(os.environ)
+    # Keep the caller's XLA flags (e.g. --xla_cpu_max_isa for the second-ISA CI pass).
+    keep = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join([*keep, f"--xla_force_host_platform_device_count={devices}"]),
         JAX_PLATFORMS="cpu",
         JAX_DISABLE_MOST_OPTIMIZATIONS="true",
         TF_CPP_MIN_LOG_LEVEL="2",
@@ -157,15 +159,24 @@ def flat_params(params: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- worker commands
 
 
-def _cmd_parallel_check(per_device_batch: str = "1", steps: str = "2") -> dict[str, Any]:
-    """One config, the same global batches: single-device step vs shard_map vs pmap."""
+def _cmd_parallel_check(
+    per_device_batch: str = "1", steps: str = "2", dtype: str = "float32"
+) -> dict[str, Any]:
+    """One config, the same global batches: single-device step vs shard_map vs pmap.
+
+    ``dtype='float64'`` runs everything in 64-bit (exactness of the formulations). Reported
+    per implementation: the normwise relative difference of the params after ``steps`` steps
+    (max over leaves of ``max |a - r| / max |r|``) and of every step's metrics."""
     import jax
     import numpy as np
 
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
     from panet_jax import parallel
     from panet_jax import train_state as ts
 
     c = tiny_config(train__per_device_batch=int(per_device_batch))
+    c.model.dtype = dtype
     mesh = parallel.make_mesh()
     n = jax.device_count()
     batches = [random_batch(s, n * int(per_device_batch)) for s in range(int(steps))]
@@ -176,7 +187,11 @@ def _cmd_parallel_check(per_device_batch: str = "1", steps: str = "2") -> dict[s
     for b in batches:
         ref, m = single(ref, b)
         ref_metrics.append({k: float(v) for k, v in m.items()})
-    out: dict[str, Any] = {"devices": n}
+    out: dict[str, Any] = {
+        "devices": n,
+        "param_dtype": str(ref.params["encoder"]["conv1_1"]["kernel"].dtype),
+        "metrics": ref_metrics,
+    }
     for impl in ("shard_map", "pmap"):
         c.parallel.impl = impl
         step = parallel.make_parallel_step(c, mesh)
@@ -186,10 +201,13 @@ def _cmd_parallel_check(per_device_batch: str = "1", steps: str = "2") -> dict[s
             metrics.append({k: float(v) for k, v in m.items()})
         a, r = flat_params(state.params), flat_params(ref.params)
         out[impl] = {
-            "max_param_diff": max(float(np.max(np.abs(a[k] - r[k]))) for k in r),
-            "max_metric_diff": max(
-                abs(x[k] - y[k]) for x, y in zip(metrics, ref_metrics, strict=True) for k in x
+            "param_rel_diff": max(
+                float(np.max(np.abs(a[k] - r[k])) / np.max(np.abs(r[k]))) for k in r
             ),
+            "metric_rel_diff": [
+                max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-30) for k in x)
+                for x, y in zip(metrics, ref_metrics, strict=True)
+            ],
             "step": int(state.step),
             "sharding_devices": len(
                 state.params["encoder"]["conv1_1"]["kernel"].sharding.device_set

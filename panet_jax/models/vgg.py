@@ -57,12 +57,15 @@ class VGG16Encoder(nn.Module):
     Attributes:
       width: channel multiplier (1.0 = the real VGG-16, 512 output channels; tests and the
         synthetic demo use e.g. 1/16).
-      dtype: compute dtype (``jnp.bfloat16`` on GPU/TPU); params stay float32 and the output
-        is returned in float32.
+      dtype: compute dtype (``jnp.bfloat16`` on GPU/TPU; ``jnp.float64`` under
+        ``jax_enable_x64`` for exactness checks); the output is returned in
+        ``promote_types(dtype, float32)``.
+      param_dtype: dtype of the params (float32; float64 for exactness checks).
     """
 
     width: float = 1.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @property
     def out_channels(self) -> int:
@@ -82,7 +85,7 @@ class VGG16Encoder(nn.Module):
                 padding=((dil, dil), (dil, dil)),
                 kernel_dilation=(dil, dil),
                 dtype=self.dtype,
-                param_dtype=jnp.float32,
+                param_dtype=self.param_dtype,
                 kernel_init=kaiming_normal,
                 bias_init=torch_default_bias_init(9 * in_ch),
                 name=name,
@@ -93,4 +96,4 @@ class VGG16Encoder(nn.Module):
             if name in _POOL_AFTER:
                 s = _POOL_AFTER[name]
                 x = nn.max_pool(x, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
