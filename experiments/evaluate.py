@@ -44,10 +44,10 @@ def _saved_config(path: str):
     """The training config stored with the checkpoint, or None (e.g. an ``.npz``)."""
     if path.endswith(".npz"):
         return None
-    from panet_jax import checkpointing
+    from panet_jax import loading
 
     try:
-        return checkpointing.load_config(path)
+        return loading.load_run_config(path)
     except (FileNotFoundError, ValueError, OSError) as e:
         logging.warning(
             "no training config found with %s (%s); using --config's model keys", path, e
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
 
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep it off accelerators
 
-    from panet_jax import checkpointing, evaluation, trainer
+    from panet_jax import evaluation, loading, trainer
 
     config = FLAGS.config
     trainer.maybe_initialize_distributed(config)
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> None:
     for line in reconcile(config, _saved_config(path)):
         logging.warning(line)
     trainer.check_dataset(config)  # clear error (or auto_prepare) before restoring weights
-    variables = checkpointing.load_variables(path, step=FLAGS.step)
+    variables = loading.load_variables(path, step=FLAGS.step)
     workdir = FLAGS.workdir or (path if os.path.isdir(path) else os.path.dirname(path) or ".")
     step = "latest" if FLAGS.step is None else FLAGS.step
     info = {"checkpoint": os.path.abspath(path), "step": step}

@@ -8,24 +8,29 @@ Each ``--support`` is ``IMAGE:MASK``; the mask has the image's size, and its non
 mark the object (or the pixels equal to ``--mask_value``, e.g. a VOC palette index). For every
 query ``<name>.jpg`` this writes, at the query's original size, ``<name>_mask.png`` (0/255 grey,
 or with ``--mask_format=palette`` a palette PNG with index 1 = object) and
-``<name>_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given.
+``<name>_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given, and
+a replaced file is swapped in only once its successor is complete.
 
-``--checkpoint``: a training workdir, its ``checkpoints`` directory or a converted ``.npz``.
-The input size defaults to the training config's ``data.image_size`` (417x417 without one).
+``--checkpoint``: a training workdir, its ``checkpoints`` directory, a step directory, or
+weights (a converted ``.npz``, or ImageNet ``.pth`` / ``.h5``: the untrained model). The input
+size, width, dtype and scale are the training run's (``panet_jax.predict`` does the same);
+``--image_size`` overrides the size.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
+
+from panet_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints dir or converted .npz.")
+flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints / step dir, or weights.")
 flags.DEFINE_multi_string("support", [], "IMAGE:MASK of one support (1 to 5 of them).")
 flags.DEFINE_multi_string("query", [], "A query image (repeatable).")
 flags.DEFINE_string("out_dir", None, "Output directory (created if missing).")
@@ -39,11 +44,10 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
                   "size, else 417,417).")  # fmt: skip
-flags.DEFINE_float("alpha", 0.5, "Overlay opacity.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_float("alpha", 0.5, "Overlay opacity, in [0, 1].")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
 flags.mark_flags_as_required(["checkpoint", "out_dir"])
-
-DEFAULT_IMAGE_SIZE = (417, 417)
 
 
 def split_support(spec: str) -> tuple[str, str]:
@@ -67,36 +71,31 @@ def output_names(queries: list[str]) -> list[str]:
     return [f"{s}_{i}" if stems.count(s) > 1 else s for i, s in enumerate(stems)]
 
 
-def _image_size(checkpoint: str) -> tuple[int, int]:
-    if FLAGS.image_size:
-        try:
-            h, w = (int(v) for v in FLAGS.image_size)
-        except ValueError as e:
-            raise ValueError(f"--image_size={','.join(FLAGS.image_size)!r}: expected H,W") from e
-        return h, w
-    if checkpoint.endswith(".npz"):
-        return DEFAULT_IMAGE_SIZE
-    from panet_jax import checkpointing
-
-    try:
-        return tuple(int(v) for v in checkpointing.load_config(checkpoint).data.image_size)
-    except (FileNotFoundError, ValueError, OSError, AttributeError, KeyError):
-        return DEFAULT_IMAGE_SIZE
-
-
-def run() -> list[Path]:
-    """Segment the queries; return the written paths."""
-    import numpy as np
-
-    from panet_jax import predict as predict_lib
-    from panet_jax import visualize
+def _check_flags() -> tuple[int, int] | None:
+    """Validate the flags that need no file; return the ``--image_size`` override."""
+    from panet_jax import predictor
 
     if not FLAGS.support:
         raise ValueError("--support: give 1 to 5 supports as IMAGE:MASK")
     if not FLAGS.query:
         raise ValueError("--query: give at least one query image")
+    if not (math.isfinite(FLAGS.alpha) and 0.0 <= FLAGS.alpha <= 1.0):
+        raise ValueError(f"--alpha={FLAGS.alpha}: expected a number in [0, 1]")
+    if FLAGS.image_size is None:
+        return None
+    return predictor.check_image_size(FLAGS.image_size, "--image_size")
+
+
+def main(argv: list[str]) -> None:
+    import numpy as np
+
+    from panet_jax import predictor, visualize
+
+    image_size = _check_flags()
     supports = [split_support(s) for s in FLAGS.support]
     out_dir = Path(FLAGS.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out_dir={FLAGS.out_dir!r} exists and is not a directory")
     names = output_names(FLAGS.query)
     targets = [(out_dir / f"{n}_mask.png", out_dir / f"{n}_overlay.png") for n in names]
     existing = [str(p) for pair in targets for p in pair if p.exists()]
@@ -105,23 +104,19 @@ def run() -> list[Path]:
             "refusing to overwrite existing outputs (pass --overwrite to replace them): "
             + ", ".join(existing)
         )
-    if not os.path.exists(FLAGS.checkpoint):
-        raise ValueError(f"--checkpoint={FLAGS.checkpoint!r} does not exist")
-    image_size = _image_size(FLAGS.checkpoint)
-    variables = predict_lib.resolve_variables(FLAGS.checkpoint)
-    masks = predict_lib.predict(
-        variables,
+    masks = predictor.predict(
+        FLAGS.checkpoint,
         [s[0] for s in supports],
         [s[1] for s in supports],
         list(FLAGS.query),
         image_size=image_size,
         mask_value=FLAGS.mask_value,
+        step=FLAGS.step,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = [(0, 0, 0), visualize.label_color(1)]
-    written = []
     for query, mask, (mask_path, overlay_path) in zip(FLAGS.query, masks, targets, strict=True):
-        image = predict_lib.load_image(query, query)
+        image = predictor.load_image(query, query)
         if FLAGS.mask_format == "palette":
             visualize.save_png(mask, mask_path, overwrite=FLAGS.overwrite, palette=palette)
         else:
@@ -129,20 +124,9 @@ def run() -> list[Path]:
         visualize.save_png(
             visualize.overlay(image, mask, FLAGS.alpha), overlay_path, overwrite=FLAGS.overwrite
         )
-        written += [mask_path, overlay_path]
         print(f"{query}: {mask.shape[1]}x{mask.shape[0]}, {100 * mask.mean():.1f}% object -> "
               f"{mask_path}, {overlay_path}")  # fmt: skip
-    return written
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run()
-    except (ValueError, FileExistsError) as e:
-        sys.exit(f"segment.py: error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

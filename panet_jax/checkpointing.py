@@ -182,6 +182,20 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def check_step(self, step: int | None) -> int:
+        """``step`` (default: the latest) if it is saved here, else ``FileNotFoundError`` (no
+        checkpoint at all) or ``ValueError`` listing the saved steps."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {str(self.directory)!r}")
+        if step is None:
+            return max(steps)
+        if step not in steps:
+            raise ValueError(
+                f"step {step} is not saved in {str(self.directory)!r}; saved steps: {steps}"
+            )
+        return step
+
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
@@ -279,53 +293,3 @@ class PreemptionWatcher:
         if not self.distributed and self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
-
-
-# --------------------------------------------------------------------------- public loaders
-
-
-def _resolve(path: str | os.PathLike) -> tuple[Path | None, Path]:
-    """``(workdir or None, checkpoints dir)`` for a workdir or its checkpoints dir."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{str(p)!r} does not exist; expected a training workdir, its "
-            f"'{CHECKPOINT_DIR}' directory or a converted-weights .npz"
-        )
-    if (p / CHECKPOINT_DIR).is_dir() or (p / CONFIG_FILE).is_file():
-        return p, p / CHECKPOINT_DIR
-    if (p.parent / CONFIG_FILE).exists() and p.name == CHECKPOINT_DIR:
-        return p.parent, p
-    return None, p
-
-
-def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The config a checkpoint was trained with (``path``: workdir or checkpoints dir)."""
-    workdir, ckpt_dir = _resolve(path)
-    if workdir is not None and (workdir / CONFIG_FILE).exists():
-        return ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
-    with Checkpointer(ckpt_dir, read_only=True) as ckpt:
-        return ckpt.restore_config()
-
-
-def load_variables(
-    path: str | os.PathLike, *, step: int | None = None, mesh: Mesh | None = None
-) -> dict[str, Any]:
-    """``{'params': ...}`` of a checkpoint (latest, or ``step``), replicated on ``mesh``
-    (default: all current devices, any count), or of a converted-weights ``.npz``."""
-    from panet_jax import parallel, pretrained
-
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    if str(path).endswith(".npz"):
-        # The PANet head has no parameters: the encoder's are all of them.
-        return parallel.replicate({"params": {"encoder": pretrained.load_npz(path)}}, mesh)
-    _, ckpt_dir = _resolve(path)
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"no checkpoint in {str(ckpt_dir)!r}")
-    with Checkpointer(ckpt_dir, read_only=True) as ckpt:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {str(ckpt_dir)!r}")
-        step = ckpt.latest_step() if step is None else step
-        config = ckpt.restore_config(step)
-        state = ckpt.restore(abstract_state_on(config, mesh), step)
-    return {"params": state.params}

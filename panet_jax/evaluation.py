@@ -50,7 +50,9 @@ from panet_jax.data.spec import EPISODE_KEYS, zeros_episode
 
 PROTOCOLS = ("panet", "hsnet")
 ANNOTATIONS = ("dense", "scribble", "bbox")
-RESULT_FILES = ("results.json", "results.md")
+EPISODE_LIST = "episodes.jsonl"  # the audit trail: one line per episode with its image ids
+RESULT_FILES = ("results.json", "results.md", EPISODE_LIST)
+SAMPLERS = ("official", "stateless")
 
 CountsTriple = dict[str, metrics.Counts]  # 'official' | 'strict' | 'background'
 
@@ -72,8 +74,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         (int(e.per_device_batch) >= 1, "per_device_batch", e.per_device_batch, "an int >= 1"),
         (int(e.num_images) >= 0, "num_images", e.num_images, "an int >= 0"),
         (int(e.seed) >= 0, "seed", e.seed, "an int >= 0"),
-        (e.get("sampler", "stateless") in ("stateless", "official"), "sampler",
-         e.get("sampler"), "'stateless' or 'official'"),
+        (e.sampler in SAMPLERS, "sampler", e.sampler, f"one of {SAMPLERS}"),
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         if not ok:
@@ -94,9 +95,18 @@ def episode_config(config: ml_collections.ConfigDict) -> Any:
         dataset=d.dataset, fold=int(d.fold), n_ways=int(d.n_ways), n_shots=int(d.n_shots),
         n_queries=int(d.n_queries), image_size=tuple(int(s) for s in d.image_size), train=False,
         support_annotation=e.support_annotation, coco_split=d.coco_split, protocol=e.protocol,
-        split=e.get("split") or None, sampler=e.get("sampler", "stateless"),
+        split=e.get("split") or None,
+        # The HSNet protocol walks its (image, class) list: there is no draw to replay.
+        sampler=e.sampler if e.protocol == "panet" else "stateless",
         builder_config=d.get("builder_config") or None,
     )  # fmt: skip
+
+
+def sampler_name(config: ml_collections.ConfigDict) -> str:
+    """Which procedure chose the test episodes, as reported in every results file."""
+    if config.eval.protocol != "panet":
+        return f"{config.eval.protocol} list walk"
+    return config.eval.sampler
 
 
 def class_names(dataset: str) -> dict[int, str]:
@@ -186,18 +196,30 @@ class Layout:
         return sum(min(n, b - a) for a, b in map(self.process_range, range(self.process_count)))
 
 
+def run_sampler(config: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
+    """``(sampler, builder)`` of one run's test episodes (a single stream: episode ``e`` is
+    ``sampler.draw(e, 0)``, whatever the device or process count)."""
+    from panet_jax.data import pipeline  # TensorFlow
+
+    return pipeline.make_sampler(
+        episode_config(config), data_dir=config.data.data_dir or None, seed=seed, batch_size=1
+    )
+
+
 def host_batches(
-    config: ml_collections.ConfigDict, seed: int, layout: Layout, process_index: int
+    config: ml_collections.ConfigDict,
+    sampler: Any,
+    builder: Any,
+    layout: Layout,
+    process_index: int,
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """This process's ``(episodes [host_batch, ...], valid [host_batch])`` for every global step
-    of one run; missing slots are zero episodes with ``valid = False``."""
+    of one run (``sampler`` from :func:`run_sampler`); missing slots are zero episodes with
+    ``valid = False``."""
     from panet_jax.data import pipeline  # TensorFlow
 
     start, stop = layout.process_range(process_index)
-    ds = pipeline.episode_dataset(
-        episode_config(config), data_dir=config.data.data_dir or None, seed=seed, batch_size=1,
-        start_step=start, num_steps=stop - start, process_index=0, process_count=1,
-    )  # fmt: skip
+    ds = pipeline.sampler_dataset(sampler, builder, start_step=start, num_steps=stop - start)
     hb = layout.host_batch
     d = config.data
     it = ds.as_numpy_iterator()
@@ -215,6 +237,24 @@ def host_batches(
         batch = {k: np.concatenate([p[k] for p in parts]) for k in EPISODE_KEYS}
         valid = np.arange(hb) < len(items)
         yield batch, valid
+
+
+def episode_records(
+    sampler: Any, run: int, seed: int, episodes: int, annotation: str
+) -> Iterator[dict[str, Any]]:
+    """The audit trail of one run: one record per episode with the image ids it used
+    (``run``, ``seed``, ``episode``, ``class_ids``, ``support_ids [N][K]``, ``query_ids [Q]``,
+    ``annotation``, and ``scribble_picks`` where the official picks are replayed)."""
+    for e in range(episodes):
+        d = sampler.describe(e, 0)
+        d.pop("flips")  # test episodes are never flipped
+        yield {"run": run, "seed": seed, "episode": e, **d, "annotation": annotation}
+
+
+def read_episode_list(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of an evaluation's ``episodes.jsonl`` (see :func:`episode_records`)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,12 +513,17 @@ def evaluate(
 
     bar = Progress(layout.episodes * int(e.runs), progress and is_main)
     t0 = time.perf_counter()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    audit: list[dict[str, Any]] = []
     for r in range(int(e.runs)):
         seed = int(e.seed) + r
         acc = {k: metrics.zeros(num_classes) for k in ("official", "strict", "background")}
         pending = None
-        for s, (batch, valid) in enumerate(host_batches(config, seed, layout, jax.process_index())):
+        sampler, builder = run_sampler(config, seed)
+        if out_dir is not None:
+            audit += episode_records(sampler, r, seed, layout.episodes, e.support_annotation)
+        batches = host_batches(config, sampler, builder, layout, jax.process_index())
+        for s, (batch, valid) in enumerate(batches):
             counts, pred = step_fn(
                 variables,
                 parallel.host_batch_to_global(batch, mesh),
@@ -505,7 +550,8 @@ def evaluate(
         "dataset": d.dataset, "fold": int(d.fold), "n_ways": int(d.n_ways),
         "n_shots": int(d.n_shots), "n_queries": int(d.n_queries),
         "image_size": [int(v) for v in d.image_size], "coco_split": d.coco_split,
-        "protocol": e.protocol, "split": ecfg.resolved_split, "sampler": ecfg.sampler,
+        "protocol": e.protocol, "split": ecfg.resolved_split, "sampler": sampler_name(config),
+        "episode_list": EPISODE_LIST,
         "support_annotation": e.support_annotation, "runs": int(e.runs),
         "episodes": int(e.episodes), "seed": int(e.seed), "test_classes": test_classes,
         "devices": int(mesh.devices.size), "processes": jax.process_count(),
@@ -521,6 +567,7 @@ def evaluate(
                 json.dumps(_json_safe(results), indent=2, sort_keys=False) + "\n",
             )
             _write_text(out_dir / "results.md", markdown_report(results))
+            _write_text(out_dir / EPISODE_LIST, "".join(json.dumps(a) + "\n" for a in audit))
             print(f"results written to {out_dir}", flush=True)
     return results
 

@@ -258,25 +258,3 @@ def alignment_loss(
     per_support = jax.vmap(jax.vmap(cross_entropy))(supp_scores, labels)  # [N, K]
     keep = (area[1:] > 0).astype(per_support.dtype)  # [N]
     return jnp.sum(per_support * keep[:, None]) / n_shots / n_ways
-
-
-# --------------------------------------------------------------------------------------
-# Support masks from a raw label map (the official getMask rule).
-# --------------------------------------------------------------------------------------
-
-
-def support_masks_from_label(
-    label: Array, class_id: int | Array, episode_class_ids: Array
-) -> tuple[Array, Array]:
-    """Official ``getMask``: fg = (label == class); bg = (label != class) and not any episode
-    class. VOC boundary pixels (255) therefore count as background.
-
-    Args:
-      label: ``[H, W]`` int semantic label; class_id: scalar; episode_class_ids: ``[N]``.
-    Returns:
-      ``(fg, bg)`` float32 ``[H, W]`` masks.
-    """
-    fg = label == class_id
-    other = jnp.any(label[..., None] == jnp.asarray(episode_class_ids), axis=-1)
-    bg = jnp.logical_and(label != class_id, jnp.logical_not(other))
-    return fg.astype(jnp.float32), bg.astype(jnp.float32)

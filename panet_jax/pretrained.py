@@ -41,10 +41,11 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float64)
 
 SUFFIXES = {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras", ".npz": "npz"}
 TORCH_INSTALL_HINT = (
-    "Reading a .pth file needs PyTorch. Install the CPU wheel with `pip install torch==2.13.0` "
-    "(never unpinned: that resolves to a multi-GB CUDA build), or convert the file on a machine "
+    "Reading a .pth file needs PyTorch. Install the CPU build from PyTorch's own wheel index: "
+    "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu` (from PyPI "
+    "the same pin is the multi-GB CUDA build on Linux), or convert the file once on a machine "
     "that has torch with `python experiments/convert_weights.py --input=vgg16-397923af.pth "
-    "--output=vgg16.npz` and load the .npz instead."
+    "--output=vgg16.npz` and load the .npz instead (no torch needed)."
 )
 
 
@@ -392,6 +393,21 @@ def load_pretrained(path: str | os.PathLike, width: float = 1.0) -> EncoderParam
         params = load_npz(path)
     check_encoder_params(params, path, width=1.0)
     return params
+
+
+def load_any(path: str | os.PathLike) -> EncoderParams:
+    """Encoder params of a weight file: ImageNet VGG-16 (``.pth``/``.pt``/``.h5``, full width)
+    or a converted ``.npz`` of any width (e.g. a trained encoder)."""
+    if os.fspath(path).lower().endswith(".npz"):
+        return load_npz(path)
+    return load_pretrained(path)
+
+
+def encoder_width(params: Mapping[str, Mapping[str, Any]]) -> float:
+    """The width multiplier of encoder params (``conv5_3`` channels / 512), shapes checked."""
+    width = int(np.shape(params["conv5_3"]["kernel"])[-1]) / 512
+    check_encoder_params(params, f"encoder params at width={width}", width)
+    return width
 
 
 def merge_encoder_params(

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from panet_jax.data.spec import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
+from panet_jax import files
+from panet_jax.data.preprocess import denormalize_image
+from panet_jax.data.spec import IGNORE_LABEL
 
 # Colour of label n (row n); label 0 (background) is never painted. Bright, distinct colours.
 PALETTE = np.array(
@@ -36,13 +38,6 @@ def label_color(label: int) -> tuple[int, int, int]:
     if label == IGNORE_LABEL:
         return IGNORE_COLOR
     return tuple(int(v) for v in PALETTE[1 + (label - 1) % (len(PALETTE) - 1)])
-
-
-def denormalize(image: np.ndarray) -> np.ndarray:
-    """ImageNet-normalised ``[..., H, W, 3]`` float -> ``[..., H, W, 3]`` uint8 RGB."""
-    x = np.asarray(image, np.float32) * np.asarray(IMAGENET_STD, np.float32)
-    x = x + np.asarray(IMAGENET_MEAN, np.float32)
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
@@ -155,9 +150,9 @@ def episode_panel(
         axis = -3 if rgb else -2
         return np.repeat(np.repeat(x, f, axis=axis), f, axis=axis + 1)
 
-    supp = up(denormalize(episode["support_images"]), rgb=True)  # [N, K, fH, fW, 3]
+    supp = up(denormalize_image(episode["support_images"]), rgb=True)  # [N, K, fH, fW, 3]
     fg = up(np.asarray(episode["support_fg"]) > 0.5)
-    qry = up(denormalize(episode["query_images"]), rgb=True)  # [Q, fH, fW, 3]
+    qry = up(denormalize_image(episode["query_images"]), rgb=True)  # [Q, fH, fW, 3]
     labels, prediction = up(labels), up(prediction)
     class_ids = [int(c) for c in np.asarray(episode["class_ids"]).reshape(-1)]
     names = class_names or {}
@@ -204,15 +199,15 @@ def save_png(
     overwrite: bool = False,
     palette: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
-    """Write an RGB (``[H, W, 3]``) or grey / index (``[H, W]``) uint8 array as PNG.
+    """Write an RGB (``[H, W, 3]``) or grey / index (``[H, W]``) uint8 array as PNG, atomically
+    (:func:`panet_jax.files.atomic_path`: an existing file stays whole if the write fails).
 
     ``palette``: write an ``[H, W]`` index array as a palette ('P') PNG with these colours.
     Refuses (``FileExistsError``) to replace an existing file unless ``overwrite``.
     """
-    path = Path(path)
     img = Image.fromarray(np.asarray(image, np.uint8))
     if palette is not None:
         img.putpalette([int(v) for rgb in palette for v in rgb])  # 'L' -> 'P'
-    with open(path, "wb" if overwrite else "xb") as f:  # 'x': create, fail if it exists
-        img.save(f, format="PNG")
-    return path
+    with files.atomic_path(path, overwrite=overwrite) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

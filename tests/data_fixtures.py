@@ -47,9 +47,15 @@ class VocImage(NamedTuple):
     scribble: np.ndarray  # [H, W] uint8: 255 unlabelled, 0 bg scribble, k object k scribble
 
 
-def voc_image(index: int, classes: tuple[int, int], hw: tuple[int, int]) -> VocImage:
+def voc_image(
+    index: int, classes: tuple[int, int], hw: tuple[int, int], scribble_ids: int = 1
+) -> VocImage:
     """An image with two boxes: class ``classes[0]`` (object 1) left, ``classes[1]`` (object 2)
-    right, each with a 1-pixel 255 border, a scribble line through each box and a bg line."""
+    right, each with a 1-pixel 255 border, a scribble line through each box and a bg line.
+
+    ``scribble_ids > 1``: object ``k`` carries that many scribble lines, with the ids
+    ``k, k + 7, k + 14, ...`` (e.g. ``{1, 8, 15}``, whose Python set order is not sorted), two
+    rows apart."""
     h, w = hw
     rng = np.random.default_rng(index)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -62,7 +68,8 @@ def voc_image(index: int, classes: tuple[int, int], hw: tuple[int, int]) -> VocI
         mask[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = c
         inst[y0:y1, x0:x1] = 255
         inst[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = k
-        scribble[(y0 + y1) // 2, x0 + 2 : x1 - 2] = k
+        for j in range(scribble_ids):
+            scribble[(y0 + y1) // 2 + 2 * j, x0 + 2 : x1 - 2] = k + 7 * j
     scribble[h - 1, :] = 0
     return VocImage(f"2008_{index:06d}", image, mask, inst, scribble)
 
@@ -82,11 +89,14 @@ def write_voc_tree(
     objects: bool = True,
     scribbles: bool = True,
     class_lists: bool = False,
+    scribble_ids: int = 1,
+    missing_class_lists: tuple[int, ...] = (),
 ) -> VocTree:
     """A PANet-layout VOC tree. Image ``i`` shows classes ``i % 20 + 1`` and ``(i + 7) % 20 + 1``,
     so 40 trainaug images (and the 20 val images after them) give every class 4 (2) images.
     Sizes alternate between 30x40 and 36x28 (HxW). ``class_lists`` writes PANet's
-    ``trainaug/class{c}.txt`` in reverse example order."""
+    ``trainaug/class{c}.txt`` in reverse example order, except the classes in
+    ``missing_class_lists``; ``scribble_ids``: see :func:`voc_image`."""
     root = os.path.join(manual_dir, "VOCdevkit", "VOC2012")
     for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -97,7 +107,7 @@ def write_voc_tree(
     splits: dict[str, list[VocImage]] = {"trainaug": [], "val": []}
     for i in range(n_trainaug + n_val):
         classes = (i % 20 + 1, (i + 7) % 20 + 1)
-        im = voc_image(i, classes, (30, 40) if i % 2 == 0 else (36, 28))
+        im = voc_image(i, classes, (30, 40) if i % 2 == 0 else (36, 28), scribble_ids)
         save_jpeg(im.image, os.path.join(root, "JPEGImages", f"{im.image_id}.jpg"))
         save_palette_png(im.mask, os.path.join(root, "SegmentationClassAug", f"{im.image_id}.png"))
         if objects:
@@ -116,6 +126,8 @@ def write_voc_tree(
         folder = os.path.join(root, "ImageSets", "Segmentation", "trainaug")
         os.makedirs(folder, exist_ok=True)
         for c in range(1, 21):
+            if c in missing_class_lists:
+                continue
             ids = [im.image_id for im in splits["trainaug"] if c in im.mask]
             with open(os.path.join(folder, f"class{c}.txt"), "w") as f:
                 f.writelines(f"{i}\n" for i in reversed(ids))

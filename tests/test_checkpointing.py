@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import train_helpers as h
 
-from panet_jax import checkpointing, parallel, pretrained
+from panet_jax import checkpointing, loading, parallel, pretrained
 from panet_jax import train_state as ts
 
 
@@ -41,7 +41,7 @@ def test_round_trip_keeps_latest_n_and_config(tmp_path, config, state):
         assert int(got.step) == 3
         assert _same(got.params, state.params) and _same(got.opt_state, state.opt_state)
         assert ckpt.restore_config().model.width == config.model.width
-    assert _same(checkpointing.load_variables(tmp_path / "ck")["params"], state.params)
+    assert _same(loading.load_variables(tmp_path / "ck")["params"], state.params)
 
 
 def test_non_finite_state_is_refused_and_old_checkpoint_kept(tmp_path, config, state):
@@ -54,7 +54,7 @@ def test_non_finite_state_is_refused_and_old_checkpoint_kept(tmp_path, config, s
         with pytest.raises(FloatingPointError, match="non-finite"):
             ckpt.save(bad, config)
         assert ckpt.all_steps() == [1]
-    assert _same(checkpointing.load_variables(tmp_path / "ck")["params"], state.params)
+    assert _same(loading.load_variables(tmp_path / "ck")["params"], state.params)
 
 
 def test_interrupted_save_leftovers_are_not_checkpoints(tmp_path, config, state):
@@ -93,7 +93,7 @@ def test_workdir_of_another_run_is_not_clobbered(tmp_path, config):
     checkpointing.prepare_workdir(tmp_path, other, allow_mismatch=True)
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.5
     assert (tmp_path / "config.json.previous").exists()
-    assert checkpointing.load_config(tmp_path).optim.lr == 0.5
+    assert loading.load_run_config(tmp_path).optim.lr == 0.5
 
 
 def test_checkpoints_without_config_are_not_adopted(tmp_path, config):
@@ -105,22 +105,22 @@ def test_checkpoints_without_config_are_not_adopted(tmp_path, config):
 def test_load_variables_from_npz(tmp_path, state):
     path = tmp_path / "enc.npz"
     pretrained.save_npz(jax.device_get(state.params["encoder"]), path)
-    got = checkpointing.load_variables(path)
+    got = loading.load_variables(path)
     assert _same(got["params"]["encoder"], state.params["encoder"])
 
 
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        checkpointing.load_variables(tmp_path / "nope")
+        loading.load_variables(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        checkpointing.load_variables(tmp_path)
+        loading.load_variables(tmp_path)
 
 
 def test_written_on_4_devices_restores_on_1(tmp_path):
     ck, npz = tmp_path / "ck", tmp_path / "p.npz"
     out = h.run_worker("save-state", str(ck), str(npz), devices=4)
     assert out == {"devices": 4, "step": 3}
-    variables = checkpointing.load_variables(ck)
+    variables = loading.load_variables(ck)
     leaf = variables["params"]["encoder"]["conv1_1"]["kernel"]
     assert len(leaf.sharding.device_set) == jax.device_count() == 1
     want = h.load_npz(npz)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
+import official_reference
 import pytest
 
 from panet_jax.data import folds
@@ -72,27 +71,6 @@ def test_hsnet_lines():
         folds.parse_hsnet_line("2007_000033")
 
 
-def _official_paired_dataset(subsets_len, n_ways, n_shots, n_queries, max_iters, seed):
-    """The official code, transliterated line by line (customized.py + PairedDataset)."""
-    random.seed(seed)  # util/utils.set_seed
-    cnt_query = np.bincount(random.choices(population=range(n_ways), k=n_queries), minlength=n_ways)
-    n_elements = [n_shots + x for x in cnt_query]
-    n_datasets = len(subsets_len)
-    indices = [[(dataset_idx, data_idx)
-                for i, dataset_idx in enumerate(random.sample(range(n_datasets), k=len(n_elements)))
-                for data_idx in random.sample(range(subsets_len[dataset_idx]), k=n_elements[i])]
-               for i_iter in range(max_iters)]  # fmt: skip
-    cumsum_idx = np.cumsum([0] + [n_shots + x for x in cnt_query])
-    episodes = []
-    for sample in indices:
-        class_of = [sample[cumsum_idx[i]][0] for i in range(n_ways)]
-        support = [[sample[cumsum_idx[i] + j] for j in range(n_shots)] for i in range(n_ways)]
-        query = [sample[cumsum_idx[i + 1] - j - 1]
-                 for i in range(n_ways) for j in range(cnt_query[i])]  # fmt: skip
-        episodes.append((class_of, support, query))
-    return episodes
-
-
 @pytest.mark.parametrize("ways,shots,queries", [(1, 1, 1), (1, 5, 1), (2, 1, 3), (3, 2, 2)])
 def test_official_sampler_replays_the_official_draw(ways, shots, queries):
     labels = folds.official_label_order("pascal5i", 1, train=True)
@@ -100,7 +78,9 @@ def test_official_sampler_replays_the_official_draw(ways, shots, queries):
     # Per-class image lists of different lengths, example indices unique per class.
     class_lists = [list(rng.permutation(200)[: 8 + i]) for i in range(len(labels))]
     seed = 1234 + 3
-    want = _official_paired_dataset([len(x) for x in class_lists], ways, shots, queries, 40, seed)
+    want = official_reference.paired_dataset(
+        [len(x) for x in class_lists], ways, shots, queries, 40, seed
+    )
     got = OfficialEpisodes(labels, class_lists, ways, shots, queries, seed)
     for e in (5, 0, 39, 17):  # any access order
         class_of, support, query = want[e]

@@ -14,7 +14,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from panet_jax.data import builders, folds, spec  # noqa: E402
+from panet_jax.data import builders, folds, preprocess, spec  # noqa: E402
 from panet_jax.data.official_sampler import OfficialEpisodes  # noqa: E402
 from panet_jax.data.pipeline import (  # noqa: E402
     EpisodeConfig,
@@ -188,7 +188,7 @@ def test_masks_and_images_against_the_raw_files(voc):
             path = os.path.join(tree.root, "JPEGImages", tree.trainaug[i].image_id + ".jpg")
             pil = np.asarray(Image.open(path).resize((hw[1], hw[0]), Image.BILINEAR), float)
             pil = pil[:, ::-1] if f else pil
-            want = (pil / 255 - spec.IMAGENET_MEAN) / spec.IMAGENET_STD
+            want = preprocess.normalize_image(pil)
             np.testing.assert_allclose(ep["query_images"][b, 1], want, atol=1.01 / 255 / 0.224)
     assert saw_flip and saw_255_bg
 

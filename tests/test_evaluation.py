@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import train_helpers
 
-from panet_jax import checkpointing, evaluation, train_state, trainer
+from panet_jax import evaluation, loading, train_state, trainer
 from panet_jax.data import builders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,8 @@ def _reference_run(config, variables, seed: int) -> tuple[float, float]:
     apply = jax.jit(train_state.build_model(config).apply)
     layout = evaluation.Layout(config.eval.episodes, 1, 1)
     tp, fp, fn = (np.zeros(21) for _ in range(3))
-    for batch, valid in evaluation.host_batches(config, seed, layout, 0):
+    sampler, builder = evaluation.run_sampler(config, seed)
+    for batch, valid in evaluation.host_batches(config, sampler, builder, layout, 0):
         assert valid.all()
         pred = np.asarray(apply(variables, batch)["logits"]).argmax(-1)[0, 0]
         target = batch["query_labels"][0, 0]
@@ -169,7 +170,7 @@ def test_cli_on_four_devices_matches_one_device(setup):
     assert cli["settings"]["devices"] == 4 and cli["settings"]["model"]["dtype"] == "float64"
     assert len(list((result_dir / "images").glob("*.png"))) == 2
 
-    restored = checkpointing.load_variables(setup["ckpt"])  # the same checkpoint, 1 device
+    restored = loading.load_variables(setup["ckpt"])  # the same checkpoint, 1 device
     with jax.enable_x64(True):
         config = make_config(setup["data_dir"])
         config.model.dtype = "float64"

@@ -486,28 +486,25 @@ def test_alignment_loss_gradient_flows_to_query_and_support_features():
 # ------------------------------------------------------------------------------------------
 
 
-def test_support_masks_from_label():
+def test_support_masks_rule():
+    """The official getMask rule (panet_jax.data.episodes, shared by the pipeline and
+    make_episode) against the reference transcription."""
+    from panet_jax.data import episodes
+
     rng = np.random.default_rng(80)
     class_ids = np.array([3, 7], np.int32)
-    label = rng.choice(np.array([0, 3, 7, 12, 255]), size=(17, 23)).astype(np.int32)
+    labels = rng.choice(np.array([0, 3, 7, 12, 255]), size=(2, 2, 17, 23)).astype(np.int32)
+    fg, bg = episodes.support_masks(labels, class_ids)
     for way, cid in enumerate(class_ids):
-        fg, bg = ops.support_masks_from_label(label, cid, class_ids)
-        want_fg, want_bg = ref.get_mask(label, int(cid), class_ids)
-        np.testing.assert_array_equal(fg, want_fg)
-        np.testing.assert_array_equal(bg, want_bg)
-        assert fg.dtype == jnp.float32 and bg.dtype == jnp.float32
-        other = class_ids[1 - way]
-        assert np.all(np.asarray(bg)[label == 255] == 1.0)  # VOC boundary counts as bg
-        assert np.all(np.asarray(bg)[label == 12] == 1.0)  # non-episode classes are bg
-        assert np.all(np.asarray(bg)[label == other] == 0.0)  # other ways are excluded
-        assert np.all(np.asarray(fg + bg)[label == other] == 0.0)
-    fgs, bgs = jax.jit(jax.vmap(ops.support_masks_from_label, in_axes=(None, 0, None)))(
-        label, class_ids, class_ids
-    )
-    for way, cid in enumerate(class_ids):
-        want_fg, want_bg = ref.get_mask(label, int(cid), class_ids)
-        np.testing.assert_array_equal(fgs[way], want_fg)
-        np.testing.assert_array_equal(bgs[way], want_bg)
+        for shot in range(2):
+            label = labels[way, shot]
+            want_fg, want_bg = ref.get_mask(label, int(cid), class_ids)
+            np.testing.assert_array_equal(fg[way, shot], want_fg)
+            np.testing.assert_array_equal(bg[way, shot], want_bg)
+            other = class_ids[1 - way]
+            assert np.all(bg[way, shot][label == 255])  # VOC boundary counts as bg
+            assert np.all(bg[way, shot][label == 12])  # non-episode classes are bg
+            assert not np.any((fg | bg)[way, shot][label == other])  # other ways excluded
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import tensorflow as tf
 import train_helpers as h
 from tensorboard.backend.event_processing import event_accumulator
 
-from panet_jax import checkpointing, parallel, trainer
+from panet_jax import checkpointing, loading, parallel, trainer
 from panet_jax import train_state as ts
 from panet_jax.data import builders
 
@@ -59,7 +59,7 @@ def test_entry_point_trains_on_4_devices(tmp_path, data_dir):
     assert {"loss", "loss_seg", "loss_par", "lr", "episodes_per_s", "train/episode"} <= tags, tags
     lr = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("lr")}
     np.testing.assert_allclose([lr[2], lr[4]], [1e-2, 1e-3], rtol=1e-6)
-    assert checkpointing.load_config(wd).data.n_shots == 1
+    assert loading.load_run_config(wd).data.n_shots == 1
 
 
 def test_loss_decreases_on_a_fixed_batch(data_dir):
@@ -111,7 +111,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, data_dir):
     straight, _ = trainer.train(h.tiny_config(data_dir, **overrides), str(tmp_path / "straight"))
     a, b = h.flat_params(straight.params), h.flat_params(resumed.params)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    c = h.flat_params(checkpointing.load_variables(cut)["params"])
+    c = h.flat_params(loading.load_variables(cut)["params"])
     assert all(np.array_equal(a[k], c[k]) for k in a)
 
 
@@ -213,7 +213,7 @@ def test_failed_runs_never_touch_the_last_good_checkpoint(tmp_path, data_dir):
     good = h.tiny_config(data_dir, train__steps=2, train__image_every=0)
     _, result = trainer.train(good, str(wd))
     assert result["step"] == 2
-    before = h.flat_params(checkpointing.load_variables(wd)["params"])
+    before = h.flat_params(loading.load_variables(wd)["params"])
 
     other = h.tiny_config(data_dir, train__steps=4, optim__lr=0.1)
     with pytest.raises(checkpointing.ConfigMismatchError, match=r"optim\.lr: 0\.01 -> 0\.1"):
@@ -232,7 +232,7 @@ def test_failed_runs_never_touch_the_last_good_checkpoint(tmp_path, data_dir):
         trainer.train(diverging, str(wd))
     with checkpointing.Checkpointer(wd / "checkpoints", read_only=True) as ckpt:
         assert ckpt.all_steps() == [2]
-    after = h.flat_params(checkpointing.load_variables(wd)["params"])
+    after = h.flat_params(loading.load_variables(wd)["params"])
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 

@@ -238,9 +238,9 @@ def _cmd_restore_check(path: str, npz: str) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from panet_jax import checkpointing
+    from panet_jax import loading
 
-    variables = checkpointing.load_variables(path)
+    variables = loading.load_variables(path)
     got, want = flat_params(variables["params"]), load_npz(npz)
     leaf = variables["params"]["encoder"]["conv1_1"]["kernel"]
     return {

@@ -15,19 +15,27 @@ The official code (kaixin96/PANet ``dataloaders/customized.py`` ``voc_fewshot`` 
 ones **from the end backwards** as its queries (``paired_sample[cumsum_idx[i+1] - j - 1]``),
 queries ordered by way.
 
+Scribble supports (:class:`OfficialScribblePicks`): ``getMask`` picks one scribble id per support
+with ``random.choice`` *inside the DataLoader worker*. ``test.py`` iterates
+``DataLoader(num_workers=1, shuffle=False)``, whose worker 0 calls ``random.seed(base_seed)``
+with ``base_seed`` = torch's first int64 draw after ``set_seed(1234 + run)``
+(``torch.LongTensor(1).random_()`` in PyTorch 1.0, ``torch.empty((), dtype=torch.int64)
+.random_()`` today); the worker then visits the episodes in order, and within an episode the
+supports way by way, shot by shot, drawing only where a support has candidate ids.
+
 Running this with ``random.Random(seed)`` gives the same episodes as the official code, given
 the same per-class image lists in the same order (VOC: PANet's
 ``ImageSets/Segmentation/trainaug/class{c}.txt``; COCO: ``getImgIds(catIds=...)``) and the same
 label-set order (:func:`panet_jax.data.folds.official_label_order`). Not replicated: the
-DataLoader's training-time shuffle (torch RNG), the flips (``random`` in the loader worker) and
-the scribble value pick.
+DataLoader's training-time shuffle (torch RNG) and the training flips (``random`` in the
+loader worker).
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -98,3 +106,68 @@ class OfficialEpisodes:
             while len(self._cache) <= index:
                 self._cache.append(self._draw())
             return self._cache[index]
+
+
+# --------------------------------------------------------------------------------------------
+# Scribble ids picked in the official test loader's worker.
+# --------------------------------------------------------------------------------------------
+
+
+def dataloader_base_seed(seed: int) -> int:
+    """torch's first int64 draw after ``torch.manual_seed(seed)``: the ``base_seed`` of the
+    DataLoader iterator that ``test.py`` creates right after ``set_seed(seed)``.
+
+    torch's CPU generator is MT19937 seeded with ``init_genrand(seed mod 2**32)`` (NumPy's
+    legacy seeding of the same engine); an int64 ``random_()`` takes two 32-bit outputs
+    ``(hi << 32) | lo`` modulo ``2**63``. Written without torch so evaluation does not need it.
+    """
+    engine = np.random.MT19937()
+    engine._legacy_seeding(int(seed) & 0xFFFFFFFF)  # torch: init_genrand(uint32(seed))
+    hi, lo = (int(x) for x in engine.random_raw(2))
+    return ((hi << 32) | lo) % (1 << 63)
+
+
+def scribble_candidates(scribble: np.ndarray, fg: np.ndarray) -> list[int]:
+    """The official ``scribble_cls_list`` of one support, in the official (set) order.
+
+    ``getMask``: ``fg_scribble = where(fg & (scribble != 0) & (scribble != 255), scribble, 0)``;
+    ``list(set(np.unique(fg_scribble)) - set([0,]))``. The same CPython set operations on the
+    same ints give the same order, which ``random.choice`` depends on.
+
+    Args:
+      scribble: ``[H, W]`` scribble PNG values (resized as the support); fg: ``[H, W]`` bool.
+    """
+    scribble = np.asarray(scribble).astype(np.int64)
+    selected = np.asarray(fg, bool) & (scribble != 0) & (scribble != 255)
+    values = np.unique(np.where(selected, scribble, 0)).tolist()
+    return list(set(values) - {0})
+
+
+class OfficialScribblePicks:
+    """The fg scribble id the official test loader picks for every support of every episode.
+
+    Args:
+      seed: the run's seed (``1234 + run``).
+      candidates_of: episode number -> ``[N][K]`` candidate lists
+        (:func:`scribble_candidates` of each support, way-major).
+
+    ``picks[e]`` is ``[N][K]``: the picked id, or ``None`` where a support has no candidate (its
+    fg scribble is empty). Drawn lazily in episode order and cached (thread-safe).
+    """
+
+    def __init__(self, seed: int, candidates_of: Callable[[int], list[list[list[int]]]]):
+        self._rng = random.Random(dataloader_base_seed(seed) + 0)  # worker_id 0
+        self._candidates_of = candidates_of
+        self._cache: list[list[list[int | None]]] = []
+        self._lock = threading.Lock()
+
+    def __getitem__(self, episode: int) -> list[list[int | None]]:
+        if episode < 0:
+            raise IndexError("episode index must be >= 0")
+        with self._lock:
+            while len(self._cache) <= episode:
+                candidates = self._candidates_of(len(self._cache))
+                self._cache.append(
+                    [[self._rng.choice(c) if c else None for c in way] for way in candidates]
+                )
+            return self._cache[episode]

@@ -43,18 +43,18 @@ query's class; 1 way, 1 query.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 import tensorflow_datasets as tfds
 
-from panet_jax.data import folds, spec
+from panet_jax.data import episodes, folds, official_sampler, preprocess
 from panet_jax.data.builders import BUILDER_OF_DATASET, load_prepared
-from panet_jax.data.official_sampler import OfficialEpisodes
+from panet_jax.data.official_sampler import OfficialEpisode, OfficialEpisodes, OfficialScribblePicks
 
 DATASETS = ("synthetic", "pascal5i", "coco20i")
 ANNOTATIONS = ("dense", "scribble", "bbox")
@@ -142,6 +142,8 @@ class SplitIndex:
     ids: tuple[str, ...]
     classes: tuple[tuple[int, ...], ...]
     class_order: dict[int, np.ndarray] | None = None  # official per-class order, if known
+    # Official per-class list files that were missing when the dataset was prepared.
+    class_order_missing: tuple[str, ...] = ()
 
     @classmethod
     def from_metadata(cls, entry: dict) -> SplitIndex:
@@ -152,6 +154,7 @@ class SplitIndex:
             class_order=None
             if order is None
             else {int(c): np.asarray(v, np.int64) for c, v in order.items()},
+            class_order_missing=tuple(entry.get("class_order_missing", ())),
         )
 
     @classmethod
@@ -204,6 +207,29 @@ class Draw(NamedTuple):
     aux_seed: np.ndarray  # [] int64, seeds the weak-annotation randomness
 
 
+# Datasets whose official per-class image order comes from files or an API (the synthetic set
+# has no official code: its lists are in example order by definition).
+_OFFICIAL_ORDER_SOURCES = {
+    "pascal5i": "PANet's ImageSets/Segmentation/<split>/class{1..20}.txt",
+    "coco20i": "pycocotools COCO.getImgIds(catIds=...)",
+}
+
+
+def _check_official_lists(cfg: EpisodeConfig, index: SplitIndex) -> None:
+    """``sampler='official'`` needs the official per-class image order of the split."""
+    source = _OFFICIAL_ORDER_SOURCES.get(cfg.dataset)
+    if source is None or (index.class_order is not None and not index.class_order_missing):
+        return
+    missing = ", ".join(index.class_order_missing) or source
+    raise ValueError(
+        f"sampler='official' replays the official {cfg.dataset} episodes, which needs "
+        f"{source} for split {cfg.resolved_split!r}; the prepared dataset was built without "
+        f"them (missing: {missing}). Put them in the manual_dir and prepare again with "
+        "--overwrite, or set config.eval.sampler='stateless' (other episodes than the official "
+        "code's)."
+    )
+
+
 class EpisodeSampler:
     """Draws the image indices of every episode; ``draw(step, b)`` is a pure function.
 
@@ -220,7 +246,12 @@ class EpisodeSampler:
         process_index: int = 0,
         process_count: int = 1,
         exclude_ids: frozenset[str] = frozenset(),
+        scribble_candidates: Callable[[OfficialEpisode], list[list[list[int]]]] | None = None,
     ) -> None:
+        """``scribble_candidates``: the official scribble id candidates of an official episode's
+        supports (:func:`panet_jax.data.official_sampler.scribble_candidates`, ``[N][K]``
+        lists); with ``sampler='official'`` and scribble supports, the official loader's picks
+        are replayed from them."""
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if not 0 <= process_index < process_count:
@@ -254,7 +285,9 @@ class EpisodeSampler:
             if not self.pairs:
                 raise ValueError(f"no (image, class) pair of classes {self.pool} in the split")
         self.official: OfficialEpisodes | None = None
+        self.scribble_picks: OfficialScribblePicks | None = None
         if cfg.sampler == "official":
+            _check_official_lists(cfg, index)
             labels = folds.official_label_order(cfg.dataset, cfg.fold, cfg.train, cfg.coco_split)
             self.official = OfficialEpisodes(
                 labels,
@@ -264,6 +297,11 @@ class EpisodeSampler:
                 cfg.n_queries,
                 seed,
             )
+            if scribble_candidates is not None and cfg.support_annotation == "scribble":
+                official = self.official
+                self.scribble_picks = OfficialScribblePicks(
+                    seed, lambda e: scribble_candidates(official[e])
+                )
 
     @property
     def num_images(self) -> int:
@@ -277,6 +315,14 @@ class EpisodeSampler:
     def global_slot(self, b: int) -> int:
         """Position of this host's episode ``b`` in the global batch of a step."""
         return self.process_index * self.batch_size + b
+
+    def official_scribble_picks(self, step: int, b: int) -> np.ndarray | None:
+        """``[N, K]`` official fg scribble ids of episode ``b`` at ``step`` (-1: none), or None
+        when the official picks do not apply (other sampler / annotation, no scribble PNGs)."""
+        if self.scribble_picks is None:
+            return None
+        picks = self.scribble_picks[self.episode_number(step, b)]
+        return np.asarray([[-1 if p is None else p for p in way] for way in picks], np.int64)
 
     def draw(self, step: int, b: int) -> Draw:
         """Episode ``b`` of this host's batch at ``step``: a pure function of
@@ -311,11 +357,13 @@ class EpisodeSampler:
         return Draw(class_ids.astype(np.int32), images, flips, np.int64(aux_seed))
 
     def describe(self, step: int, b: int) -> dict:
-        """Ids of one episode (for logging / auditing evaluation episodes)."""
+        """Image ids of one episode (for logging / auditing evaluation episodes):
+        ``class_ids [N]``, ``support_ids [N][K]``, ``query_ids [Q]``, ``flips [N*K + Q]``, and
+        ``scribble_picks [N][K]`` where the official scribble picks are replayed."""
         d = self.draw(step, b)
         nk = self.cfg.n_ways * self.cfg.n_shots
         ids = [self.index.ids[i] for i in d.images]
-        return {
+        out = {
             "class_ids": d.class_ids.tolist(),
             "support_ids": [
                 ids[n * self.cfg.n_shots : (n + 1) * self.cfg.n_shots]
@@ -324,6 +372,10 @@ class EpisodeSampler:
             "query_ids": ids[nk:],
             "flips": d.flips.tolist(),
         }
+        picks = self.official_scribble_picks(step, b)
+        if picks is not None:
+            out["scribble_picks"] = picks.tolist()
+        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -339,6 +391,7 @@ def weak_support_masks(
     has_scribble: np.ndarray,
     class_ids: np.ndarray,
     seed: int,
+    scribble_picks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scribble / bbox support masks ``(fg, bg)``, each ``[N, K, H, W]`` float32.
 
@@ -352,6 +405,8 @@ def weak_support_masks(
       has_scribble: ``[N, K]`` whether ``scribbles`` holds an official scribble file.
       class_ids: ``[N]`` the episode classes.
       seed: seeds the random choices (scribble id pick, skeleton tie-breaks).
+      scribble_picks: ``[N, K]`` fg scribble ids to use instead of a random pick (the official
+        loader's, ``-1`` = none), for supports with an official scribble file.
     """
     from panet_jax.data import weak  # only the weak modes need it
 
@@ -368,6 +423,7 @@ def weak_support_masks(
                 ~np.isin(lab, class_ids),
                 instances=instances[n, k],
                 scribble_png=scribbles[n, k] if has_scribble[n, k] else None,
+                scribble_pick=None if scribble_picks is None else int(scribble_picks[n, k]),
                 rng=rng,
             )
             fg[n, k], bg[n, k] = f, g
@@ -395,33 +451,13 @@ def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.clip_by_value(tf.round(out), 0.0, 255.0)
 
 
-@functools.lru_cache(maxsize=4096)
-def _pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
-    scale = in_size / out_size
-    steps = np.full(out_size, scale)
-    steps[0] = scale * 0.5
-    # Pillow accumulates the source coordinate in double precision and truncates it.
-    return np.minimum(np.cumsum(steps).astype(np.int64), in_size - 1)
-
-
-def pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of every output pixel of PIL's ``NEAREST`` resize along one axis.
-
-    Pillow (``ImagingScaleAffine``) starts at ``0.5 * in / out`` and adds ``in / out`` per
-    output pixel in double precision, truncating each sum. This differs from
-    ``floor((i + 0.5) * in / out)`` (and from ``tf.image.resize``) where the exact value is an
-    integer, e.g. column 20 of a 50 -> 41 resize.
-    """
-    return _pil_nearest_index(int(in_size), int(out_size))
-
-
 def resize_label(label: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     """``[h, w, 1]`` -> ``[H, W]``, exactly PIL's ``NEAREST`` resize, dtype kept."""
     shape = tf.shape(label, out_type=tf.int64)
     index = []
     for axis in range(2):
         idx = tf.numpy_function(
-            pil_nearest_index,
+            preprocess.pil_nearest_index,
             [shape[axis], tf.constant(size[axis], tf.int64)],
             tf.int64,
             stateful=False,
@@ -431,9 +467,9 @@ def resize_label(label: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
-    """[0, 255] RGB -> ImageNet-normalised float32."""
-    mean = tf.constant(spec.IMAGENET_MEAN, tf.float32)
-    std = tf.constant(spec.IMAGENET_STD, tf.float32)
+    """[0, 255] RGB -> ImageNet-normalised float32 (:func:`preprocess.normalize_image`)."""
+    mean = tf.constant(preprocess.IMAGENET_MEAN, tf.float32)
+    std = tf.constant(preprocess.IMAGENET_STD, tf.float32)
     return (image / 255.0 - mean) / std
 
 
@@ -458,7 +494,8 @@ class _Episodes:
     def _fetch_np(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.records.__getitems__([int(i) for i in images]), dtype=object)
 
-    def _weak_np(self, labels, instances, scribbles, has_scribble, class_ids, seed):
+    def _weak_np(self, labels, instances, scribbles, has_scribble, class_ids, seed, counter):
+        step, b = divmod(int(counter), self.sampler.batch_size)
         return weak_support_masks(
             self.cfg.support_annotation,
             labels,
@@ -467,6 +504,7 @@ class _Episodes:
             has_scribble,
             class_ids,
             seed,
+            self.sampler.official_scribble_picks(step, b),
         )
 
     def __call__(self, counter: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -512,21 +550,17 @@ class _Episodes:
                     tf.reshape(tf.stack(decoded["has_scribble"])[: n * k], [n, k]),
                     class_ids,
                     aux_seed,
+                    counter,
                 ],
                 [tf.float32, tf.float32],
                 stateful=False,
             )
         else:
-            cls = class_ids[:, None, None, None]
-            fg = tf.cast(support_label == cls, tf.float32)
-            in_episode = tf.reduce_any(support_label[..., None] == class_ids, axis=-1)
-            bg = 1.0 - tf.cast(in_episode, tf.float32)
+            fg, bg = (tf.cast(m, tf.float32) for m in episodes.support_masks(
+                support_label, class_ids, xp=tnp))  # fmt: skip
         fg.set_shape([n, k, h, w])
         bg.set_shape([n, k, h, w])
-
-        out = tf.where(query_label == spec.IGNORE_LABEL, spec.IGNORE_LABEL, 0)
-        for way in range(n):
-            out = tf.where(query_label == class_ids[way], way + 1, out)
+        out = episodes.query_label_map(query_label, class_ids, xp=tnp)
 
         return {
             "support_images": tf.reshape(image[: n * k], [n, k, h, w, 3]),
@@ -564,6 +598,7 @@ def make_sampler(
         eval_split = DEFAULT_SPLITS[(cfg.dataset, "hsnet")][1]
         if eval_split != split and eval_split in builder.info.splits:
             exclude = frozenset(split_index(builder, eval_split).ids)  # VOC: trainaug - val
+    official_scribbles = cfg.sampler == "official" and cfg.support_annotation == "scribble"
     sampler = EpisodeSampler(
         cfg,
         index,
@@ -572,8 +607,37 @@ def make_sampler(
         process_index=process_index,
         process_count=process_count,
         exclude_ids=exclude,
+        scribble_candidates=_scribble_candidates(builder, cfg) if official_scribbles else None,
     )
     return sampler, builder
+
+
+def _scribble_candidates(
+    builder: tfds.core.DatasetBuilder, cfg: EpisodeConfig
+) -> Callable[[OfficialEpisode], list[list[list[int]]]]:
+    """The official scribble-id candidates of an official episode's supports, from the masks and
+    scribble PNGs as the official test loader sees them (nearest-resized, not flipped)."""
+    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "instances")}
+    source = builder.as_data_source(cfg.resolved_split, decoders=skip)
+    size = tuple(int(v) for v in cfg.image_size)
+
+    def resized(x: np.ndarray) -> np.ndarray:
+        return preprocess.resize_label(x[..., 0], size)
+
+    def support(example_index: int, class_id: int) -> list[int]:
+        ex = source[int(example_index)]
+        if not bool(ex["has_scribble"]):  # no official file: nothing to replay
+            return []
+        fg = resized(ex["mask"]) == class_id
+        return official_sampler.scribble_candidates(resized(ex["scribble"]), fg)
+
+    def candidates(episode: OfficialEpisode) -> list[list[list[int]]]:
+        return [
+            [support(i, c) for i in shots]
+            for c, shots in zip(episode.class_ids, episode.support, strict=True)
+        ]
+
+    return candidates
 
 
 def episode_dataset(
@@ -595,11 +659,8 @@ def episode_dataset(
     command that prepares it) when the dataset is not prepared there, ``ValueError`` on a bad
     config or a class with too few images.
     """
-    _keep_tf_off_accelerators()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if start_step < 0 or (num_steps is not None and num_steps < 0):
-        raise ValueError("start_step and num_steps must be >= 0")
     sampler, builder = make_sampler(
         cfg,
         data_dir=data_dir,
@@ -608,11 +669,27 @@ def episode_dataset(
         process_index=process_index,
         process_count=process_count,
     )
-    episodes = _Episodes(cfg, sampler, builder)
+    return sampler_dataset(sampler, builder, start_step=start_step, num_steps=num_steps)
+
+
+def sampler_dataset(
+    sampler: EpisodeSampler,
+    builder: tfds.core.DatasetBuilder,
+    *,
+    start_step: int = 0,
+    num_steps: int | None = None,
+) -> tf.data.Dataset:
+    """:func:`episode_dataset` for a sampler made by :func:`make_sampler` (so that a caller can
+    also read the sampler's episode list, e.g. for an audit trail)."""
+    _keep_tf_off_accelerators()
+    if start_step < 0 or (num_steps is not None and num_steps < 0):
+        raise ValueError("start_step and num_steps must be >= 0")
+    batch_size = sampler.batch_size
+    make_episode = _Episodes(sampler.cfg, sampler, builder)
     start = start_step * batch_size
     stop = np.iinfo(np.int64).max if num_steps is None else (start_step + num_steps) * batch_size
     ds = tf.data.Dataset.range(start, stop)
-    ds = ds.map(episodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(make_episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()

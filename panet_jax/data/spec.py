@@ -27,8 +27,6 @@ from typing import NamedTuple
 import numpy as np
 
 IGNORE_LABEL = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 EPISODE_KEYS = (
     "support_images",
@@ -70,9 +68,9 @@ def zeros_episode(
 
 
 def check_episode(episode: dict, *, batched: bool = False) -> tuple[int, int, int, int, int]:
-    """Validate an episode's keys and shapes; return ``(N, K, Q, H, W)``.
+    """Validate an episode's keys, shapes and dtypes; return ``(N, K, Q, H, W)``.
 
-    Raises ``ValueError`` naming the offending key and the expected shape.
+    Raises ``ValueError`` naming the offending key and the expected shape / dtype.
     """
     missing = [k for k in EPISODE_KEYS if k not in episode]
     if missing:
@@ -94,4 +92,7 @@ def check_episode(episode: dict, *, batched: bool = False) -> tuple[int, int, in
                 f"episode['{key}'] has shape {got}; expected {prefix + s.shape} "
                 f"for N={n} ways, K={k} shots, Q={q} queries, {h}x{w} images"
             )
+        dtype = np.dtype(getattr(episode[key], "dtype", np.asarray(episode[key]).dtype))
+        if dtype != s.dtype:
+            raise ValueError(f"episode['{key}'] has dtype {dtype}; expected {s.dtype}")
     return n, k, q, h, w

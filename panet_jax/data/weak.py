@@ -333,7 +333,10 @@ def background_scribble(
 
 
 def scribble_masks_from_png(
-    scribble_png: np.ndarray, fg: np.ndarray, rng: np.random.Generator
+    scribble_png: np.ndarray,
+    fg: np.ndarray,
+    rng: np.random.Generator,
+    pick: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Official ``getMask`` rule for a prepared ``ScribbleAugAuto`` PNG.
 
@@ -341,7 +344,9 @@ def scribble_masks_from_png(
       scribble_png: ``[H, W]`` integer scribble map: 0 = bg scribble, 255 = unlabelled, any other
         value = a fg scribble id.
       fg: ``[H, W]`` dense fg mask of the way's class.
-      rng: picks one fg scribble id (official: Python ``random.choice``).
+      rng: picks one fg scribble id (official: Python ``random.choice``) when ``pick`` is None.
+      pick: the fg scribble id to use (the official loader's pick, see
+        :class:`panet_jax.data.official_sampler.OfficialScribblePicks`), or ``-1`` for none.
 
     Returns:
       ``(fg_scribble, bg_scribble)``, ``bool [H, W]`` each. ``bg_scribble = png == 0`` (everywhere,
@@ -352,11 +357,12 @@ def scribble_masks_from_png(
     fgm = _as_mask(fg, "fg")
     png = _as_labels(scribble_png, "scribble_png", fgm.shape)
     bg_scribble = png == 0
-    candidates = np.unique(png[fgm & (png != 0) & (png != 255)])
-    if candidates.size == 0:
+    if pick is None:
+        candidates = np.unique(png[fgm & (png != 0) & (png != 255)])
+        pick = int(candidates[rng.choice(candidates.size)]) if candidates.size else -1
+    if pick < 0:
         return np.zeros_like(fgm), bg_scribble
-    picked = candidates[rng.choice(candidates.size)]
-    return fgm & (png == picked), bg_scribble
+    return fgm & (png == pick), bg_scribble
 
 
 def _box(sel: np.ndarray) -> tuple[slice, slice]:
@@ -406,6 +412,7 @@ def weak_support_masks(
     *,
     instances: np.ndarray | None = None,
     scribble_png: np.ndarray | None = None,
+    scribble_pick: int | None = None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Support ``(fg, bg)`` masks for one shot under a given annotation kind.
@@ -418,6 +425,8 @@ def weak_support_masks(
       scribble_png: ``[H, W]`` prepared ``ScribbleAugAuto`` map for ``'scribble'``; if given the
         official PNG rule is used (:func:`scribble_masks_from_png`), otherwise scribbles are
         generated from ``fg`` and from ``bg`` with :func:`scribble_from_mask`.
+      scribble_pick: with ``scribble_png``, the fg scribble id to use (see
+        :func:`scribble_masks_from_png`); ``None`` draws it with ``rng``.
       rng: random generator (scribble id pick / skeleton tie-break).
 
     Returns:
@@ -437,5 +446,5 @@ def weak_support_masks(
     if kind == "bbox":
         return bbox_masks(fgm, instances)
     if scribble_png is not None:
-        return scribble_masks_from_png(scribble_png, fgm, rng)
+        return scribble_masks_from_png(scribble_png, fgm, rng, scribble_pick)
     return scribble_from_mask(fgm, rng), scribble_from_mask(bgm, rng)

@@ -6,6 +6,7 @@ Splits ``trainaug`` (``ImageSets/Segmentation/trainaug.txt``, 10,582 ids) and ``
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from panet_jax.data.builders import common
 
 NUM_CLASSES = 20
 SPLITS = ("trainaug", "val")
+OFFICIAL_TEST_SPLIT = "trainaug"  # PANet's test.py draws its episodes from trainaug
 _VALID = np.zeros(256, bool)
 _VALID[: NUM_CLASSES + 1] = True
 _VALID[255] = True
@@ -71,12 +73,19 @@ def _check_files_exist(root: str, ids: list[str], list_path: str) -> None:
                 raise FileNotFoundError(f"{list_path} names {image_id!r} but {path} is missing")
 
 
-def official_class_lists(root: str, split: str, ids: list[str]) -> dict[int, list[int]] | None:
-    """PANet's ``ImageSets/Segmentation/<split>/class{c}.txt`` as example indices, if present."""
+def official_class_lists(
+    root: str, split: str, ids: list[str]
+) -> tuple[dict[int, list[int]] | None, list[str]]:
+    """PANet's ``ImageSets/Segmentation/<split>/class{c}.txt`` as example indices.
+
+    Returns ``(lists, missing)``: ``lists`` is None unless all 20 files exist; ``missing`` names
+    the absent files (relative to the VOC2012 folder).
+    """
     folder = os.path.join(root, "ImageSets", "Segmentation", split)
     paths = {c: os.path.join(folder, f"class{c}.txt") for c in range(1, NUM_CLASSES + 1)}
-    if not all(os.path.isfile(p) for p in paths.values()):
-        return None
+    missing = [os.path.relpath(p, root) for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        return None, missing
     position = {image_id: i for i, image_id in enumerate(ids)}
     out = {}
     for c, path in paths.items():
@@ -85,7 +94,7 @@ def official_class_lists(root: str, split: str, ids: list[str]) -> dict[int, lis
         if missing:
             raise ValueError(f"{path} names ids that are not in the {split} list: {missing[:5]}")
         out[c] = [position[i] for i in lst]
-    return out
+    return out, []
 
 
 def load_example(root: str, image_id: str) -> dict:
@@ -149,11 +158,20 @@ class PascalVocAug(tfds.core.GeneratorBasedBuilder):
         return gens
 
     def _generate_examples(self, root: str, split: str, ids: list[str]):
-        class_order = official_class_lists(root, split, ids)
+        class_order, missing = official_class_lists(root, split, ids)
+        if missing and split == OFFICIAL_TEST_SPLIT:
+            logging.warning(
+                "%s: %d of PANet's per-class lists are missing (%s): episodes will follow "
+                "the trainaug.txt order, so the official test episodes (eval.sampler="
+                "'official') cannot be replayed from this dataset",
+                root, len(missing), ", ".join(missing),
+            )  # fmt: skip
         index = common.IndexRecorder()
         examples = common.ordered_map(lambda i: load_example(root, i), ids)
         for i, example in enumerate(examples):
             index.add(example)
             yield i, example
         source = f"ImageSets/Segmentation/{split}/class*.txt"
-        common.store_split_index(self, NUM_CLASSES, split, index.to_json(class_order, source))
+        entry = index.to_json(class_order, source)
+        entry["class_order_missing"] = missing
+        common.store_split_index(self, NUM_CLASSES, split, entry)

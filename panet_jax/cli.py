@@ -1,0 +1,84 @@
+"""How every entry point fails: one or two lines that name the file, flag or key, exit 1.
+
+Expected errors (bad input, bad config, bad or missing files, a full disk, permissions, a
+diverged run) are the interface of a command-line tool, not bugs: their message is printed as
+``<program>: error: <message>`` without a traceback. ``--verbose`` (or ``PANET_VERBOSE=1``)
+re-raises them with the traceback, for bug reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+flags.DEFINE_bool("verbose", False, "Show the Python traceback of an error (for bug reports).")
+
+# ValueError: bad input / config; OSError: files, disk, permissions (FileNotFoundError,
+# FileExistsError, PermissionError...); FloatingPointError: a diverged run; ImportError: an
+# optional dependency that is not installed.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+MAX_LINES = 6  # a message that lists several items (keys, files) may take a few lines
+
+
+def verbose() -> bool:
+    """Whether tracebacks were asked for (``--verbose`` or ``PANET_VERBOSE=1``)."""
+    parsed = flags.FLAGS.is_parsed() and flags.FLAGS["verbose"].value
+    return bool(parsed) or os.environ.get("PANET_VERBOSE", "") not in ("", "0")
+
+
+def error_message(e: BaseException) -> str:
+    """The user-facing text of an expected error (a full disk and permissions spelled out)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" writing {e.filename!r}" if e.filename else ""
+        return f"no space left on the device{where}; free some space and run again"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename or e}"
+    text = str(e) or type(e).__name__
+    lines = text.strip().splitlines()
+    if len(lines) > MAX_LINES:
+        lines = [*lines[: MAX_LINES - 1], f"... ({len(lines) - MAX_LINES + 1} more lines)"]
+    return "\n".join(lines)
+
+
+def fail(program: str, e: BaseException) -> None:
+    """Print ``program: error: message`` on stderr and exit with status 1."""
+    print(f"{program}: error: {error_message(e)}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def guarded(program: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, turning an expected error into :func:`fail` unless verbose."""
+    try:
+        return fn(*args, **kwargs)
+    except EXPECTED_ERRORS as e:
+        if verbose():
+            raise
+        fail(program, e)
+
+
+def quiet_orbax(record: logging.LogRecord) -> bool:
+    """Logging filter: drop orbax's per-save / per-restore INFO chatter and its notice that a
+    read-only checkpoint directory is read only; keep its other warnings and errors."""
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    return record.levelno >= logging.WARNING and "is read only" not in record.getMessage()
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the error policy above (the program name from argv[0])."""
+    program = os.path.basename(sys.argv[0]) or "panet_jax"
+    absl_logging.get_absl_logger().addFilter(quiet_orbax)
+
+    def checked_main(argv: list[str]) -> Any:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return guarded(program, main, argv)
+
+    app.run(checked_main)

@@ -1,0 +1,167 @@
+"""Loading a trained or pretrained PANet: ``load_model`` and the loaders under it.
+
+A *source* is one of:
+
+* a training workdir (``config.json`` + ``checkpoints/``), its ``checkpoints`` directory, or one
+  step directory ``checkpoints/<step>``: the run's config and its variables (latest step, or
+  ``step``);
+* ImageNet VGG-16 weights (torchvision ``.pth``, Keras ``.h5``) or a converted ``.npz``: the
+  PANet head has no parameters, so these weights are the whole model (the official ``notrain``
+  evaluation);
+* ``None``: a randomly initialised model (kaiming, as the official code) of ``config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from panet_jax import checkpointing
+from panet_jax.config_base import base_config
+from panet_jax.model import PANet
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".h5", ".npz")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A path that holds no usable checkpoint or weights."""
+
+
+def is_weight_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an ImageNet / converted weight file (by suffix)."""
+    return os.fspath(path).lower().endswith(WEIGHT_SUFFIXES)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path | None, Path, int | None]:
+    """``(workdir or None, checkpoints dir, step or None)`` of a workdir, its checkpoints dir
+    or a step dir; ``CheckpointNotFoundError`` saying what was expected otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(
+            f"{os.fspath(path)!r} does not exist; expected a training workdir, its "
+            f"'{checkpointing.CHECKPOINT_DIR}' directory, a step directory, or weights "
+            f"({', '.join(WEIGHT_SUFFIXES)})"
+        )
+    if p.is_file():
+        raise CheckpointNotFoundError(
+            f"{os.fspath(path)!r} is a file but not a weight file ({', '.join(WEIGHT_SUFFIXES)}); "
+            "expected a training workdir, its checkpoints directory or a weight file"
+        )
+    if (p / checkpointing.CHECKPOINT_DIR).is_dir() or (p / checkpointing.CONFIG_FILE).is_file():
+        return p, p / checkpointing.CHECKPOINT_DIR, None
+    if p.name == checkpointing.CHECKPOINT_DIR:
+        workdir = p.parent if (p.parent / checkpointing.CONFIG_FILE).is_file() else None
+        return workdir, p, None
+    if p.name.isdigit() and p.parent.name == checkpointing.CHECKPOINT_DIR:  # a step directory
+        workdir = p.parent.parent
+        has_config = (workdir / checkpointing.CONFIG_FILE).is_file()
+        return (workdir if has_config else None), p.parent, int(p.name)
+    return None, p, None
+
+
+def load_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a checkpoint was trained with (workdir, checkpoints dir or step dir)."""
+    workdir, ckpt_dir, step = resolve_checkpoint(path)
+    if workdir is not None and (workdir / checkpointing.CONFIG_FILE).exists():
+        return ml_collections.ConfigDict(
+            json.loads((workdir / checkpointing.CONFIG_FILE).read_text())
+        )
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+        return ckpt.restore_config(ckpt.check_step(step))
+
+
+def as_panet_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """``{'params': {'encoder': ...}}`` from PANet variables, plain params or bare encoder
+    params (``{'params': {'conv1_1': ...}}`` / ``{'conv1_1': ...}``)."""
+    params = variables.get("params", variables)
+    if "encoder" not in params:
+        params = {"encoder": params}
+    return {"params": params}
+
+
+def load_variables(
+    path: str | os.PathLike, *, step: int | None = None, mesh: Mesh | None = None
+) -> dict[str, Any]:
+    """``{'params': ...}`` of a checkpoint (latest, or ``step``), replicated on ``mesh``
+    (default: all current devices, any count), or of a weight file (ImageNet / ``.npz``)."""
+    from panet_jax import parallel, pretrained
+
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    if is_weight_file(path):
+        # The PANet head has no parameters: the encoder's are all of them.
+        return parallel.replicate(as_panet_variables(pretrained.load_any(path)), mesh)
+    _, ckpt_dir, step_of_path = resolve_checkpoint(path)
+    if step is not None and step_of_path is not None and step != step_of_path:
+        raise ValueError(f"{os.fspath(path)!r} is step {step_of_path}, but step={step} was asked")
+    step = step_of_path if step is None else step
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+        step = ckpt.check_step(step)
+        config = ckpt.restore_config(step)
+        state = ckpt.restore(checkpointing.abstract_state_on(config, mesh), step)
+    return {"params": state.params}
+
+
+def build_model(config: ml_collections.ConfigDict) -> PANet:
+    """The PANet of ``config.model`` (encoder, width, dtype, scale)."""
+    from panet_jax import train_state
+
+    return train_state.build_model(config)
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    config: ml_collections.ConfigDict | None = None,
+    step: int | None = None,
+    dtype: str | None = None,
+    rng: jax.Array | None = None,
+) -> tuple[PANet, dict[str, Any]]:
+    """The PANet model and its variables, in one call.
+
+    Args:
+      source: see the module docstring (workdir / checkpoints / step dir, weight file, None).
+      config: the model config for ImageNet weights or random init (default: the official
+        recipe's); ignored for a checkpoint, whose run config is used.
+      step: checkpoint step (default: the latest).
+      dtype: compute dtype override (``'float32'``, ``'bfloat16'``, ``'float64'`` under x64).
+      rng: key of the random init (``source=None``; default ``jax.random.key(0)``).
+    Returns:
+      ``(model, variables)``: ``model.apply(variables, episodes)`` runs a batch of episodes.
+    """
+    from panet_jax import pretrained, train_state
+
+    if source is not None and not is_weight_file(source):
+        config = load_run_config(source)
+        variables = load_variables(source, step=step)
+    else:
+        config = ml_collections.ConfigDict(
+            (config or base_config()).to_dict()
+        )  # a copy we may edit
+        if source is not None:
+            params = pretrained.load_any(source)
+            config.model.width = pretrained.encoder_width(params)
+            variables = as_panet_variables(jax.tree.map(jnp.asarray, params))
+        else:
+            rng = jax.random.key(0) if rng is None else rng
+            state = train_state.create_train_state(_without_pretrained(config), rng)
+            variables = {"params": state.params}
+    if dtype is not None:
+        config.model.dtype = dtype
+    model = build_model(config)
+    if config.model.dtype == "float64":
+        variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+    return model, variables
+
+
+def _without_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.pretrained = ""
+    return config
