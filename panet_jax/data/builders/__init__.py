@@ -22,6 +22,7 @@ import tempfile
 import tensorflow_datasets as tfds
 
 from panet_jax.data.builders.coco import Coco20i
+from panet_jax.data.builders.fss1000 import Fss1000
 from panet_jax.data.builders.synthetic import SyntheticFss
 from panet_jax.data.builders.voc import PascalVocAug
 
@@ -29,12 +30,14 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "pascal_voc_aug": PascalVocAug,
     "coco20i": Coco20i,
     "synthetic_fss": SyntheticFss,
+    "fss1000": Fss1000,
 }
 # EpisodeConfig.dataset -> builder name
 BUILDER_OF_DATASET = {
     "pascal5i": "pascal_voc_aug",
     "coco20i": "coco20i",
     "synthetic": "synthetic_fss",
+    "fss1000": "fss1000",
 }
 FILE_FORMAT = "array_record"
 
@@ -42,6 +45,7 @@ __all__ = [
     "BUILDERS",
     "BUILDER_OF_DATASET",
     "Coco20i",
+    "Fss1000",
     "PascalVocAug",
     "SyntheticFss",
     "get_builder",
