@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
 
     data_dir = os.path.expanduser(FLAGS.data_dir)
     syn = builders.get_builder("synthetic_fss", data_dir=data_dir, config=FLAGS.synthetic_config)
-    if not builders.is_prepared(syn):
+    if not syn.is_prepared():
         builders.prepare("synthetic_fss", data_dir=data_dir, config=FLAGS.synthetic_config)
     settings = [("synthetic", data_dir, FLAGS.synthetic_config)]
     if FLAGS.voc_data_dir:

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     start = time.time()
     try:
         builder = builders.get_builder(FLAGS.dataset, data_dir=data_dir, config=FLAGS.config)
-        if builders.is_prepared(builder) and FLAGS.hsnet_lists and not FLAGS.overwrite:
+        if builder.is_prepared() and FLAGS.hsnet_lists and not FLAGS.overwrite:
             logging.info("%s is already prepared; only writing the HSNet lists", FLAGS.dataset)
         else:
             logging.info("preparing %s into %s", FLAGS.dataset, data_dir)

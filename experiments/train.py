@@ -10,13 +10,14 @@ error. Re-running with the same ``--workdir`` resumes its latest checkpoint.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from panet_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -26,15 +27,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json and
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record) -> bool:
-    """Drop orbax's per-save INFO chatter (it logs through absl); keep its warnings."""
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_logger().addFilter(_quiet_orbax)
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep it off accelerators
@@ -47,4 +40,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,6 @@
-"""Orbax (V0 ``CheckpointManager``) checkpoints of the train state, plus the run's config.
+"""Orbax (V0 ``CheckpointManager``) checkpoints of the train state and the run's config.
 
-Layout of a workdir::
+Layout of a workdir (:mod:`panet_jax.workdir` owns ``config.json``)::
 
     workdir/config.json                 the run's config (checked on restart)
     workdir/checkpoints/<step>/state    TrainState (params, opt_state, step), OCDBT
@@ -11,15 +11,19 @@ commit, so a crash mid-save never leaves a half-written ``<step>`` that restore 
 A state with non-finite params is never saved. Restores build the target from the config
 with the *current* mesh's shardings, so a checkpoint written on any device count restores on
 any other. The input pipeline is a pure function of the step, so the restored ``step`` is
-also the data position.
+also the data position. A failed write (full disk) and a damaged step (truncated files) are
+reported in one line each; a damaged newest step makes a resumed run fall back to the newest
+readable one, leaving the damaged one on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
-import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,94 +35,42 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from panet_jax import train_state as ts
+from panet_jax.workdir import config_to_json
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 _ITEMS = ("state", "config")
 
-# Keys that may change between a run and its resumption (schedule-free bookkeeping, device
-# layout, evaluation, where things live). Every other key defines the training run itself.
-RESUMABLE_KEYS = (
-    "train.steps", "train.log_every", "train.image_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.eval_after", "train.resume_mismatch_ok",
-    "parallel.", "eval.", "data.data_dir", "model.pretrained",
-)  # fmt: skip
+
+class CheckpointReadError(ValueError):
+    """A saved step that cannot be read (truncated or corrupted files)."""
+
+    def __init__(self, step: int, directory: Path, cause: BaseException):
+        self.step, self.directory = step, directory
+        super().__init__(
+            f"checkpoint step {step} in {str(directory)!r} cannot be read, it is damaged "
+            f"(an interrupted copy or a full disk?): {_short(cause)}"
+        )
 
 
-class ConfigMismatchError(ValueError):
-    """The workdir holds a run with a different config."""
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (full disk, permissions, I/O error)."""
 
 
-# --------------------------------------------------------------------------- config files
+def _short(e: BaseException, limit: int = 240) -> str:
+    """The first line of an exception (orbax / tensorstore errors run to pages)."""
+    lines = [ln.strip() for ln in (str(e) or type(e).__name__).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose values differ between two JSON config dicts, ignoring
-    :data:`RESUMABLE_KEYS`; formatted ``key: old -> new``."""
-    a, b = _flatten(old), _flatten(new)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
-    return diffs
-
-
-def prepare_workdir(
-    workdir: str | os.PathLike,
-    config: ml_collections.ConfigDict,
-    *,
-    allow_mismatch: bool = False,
-    write: bool = True,
-) -> None:
-    """Refuse to reuse a workdir that holds a different run; then write ``config.json``.
-
-    Raises :class:`ConfigMismatchError` listing the differing keys unless ``allow_mismatch``
-    (then the old file is kept as ``config.json.previous``). Only ``write=True`` (process 0)
-    writes.
-    """
-    workdir = Path(workdir)
-    path = workdir / CONFIG_FILE
-    new = json.loads(config_to_json(config))
-    if path.exists():
-        old = json.loads(path.read_text())
-        diffs = config_differences(old, new)
-        if diffs and not allow_mismatch:
-            raise ConfigMismatchError(
-                f"workdir {str(workdir)!r} holds a run with a different config:\n  "
-                + "\n  ".join(diffs)
-                + "\nUse a new --workdir, or pass --config.train.resume_mismatch_ok=True to "
-                "resume its latest checkpoint with the new config."
-            )
-        if diffs and write:
-            (workdir / (CONFIG_FILE + ".previous")).write_text(path.read_text())
-    elif (workdir / CHECKPOINT_DIR).is_dir() and any((workdir / CHECKPOINT_DIR).iterdir()):
-        if not allow_mismatch:
-            raise ConfigMismatchError(
-                f"workdir {str(workdir)!r} has checkpoints but no {CONFIG_FILE}; refusing to "
-                "resume an unknown run. Use a new --workdir or pass "
-                "--config.train.resume_mismatch_ok=True."
-            )
-    if write:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(config_to_json(config))
-        tmp.replace(path)
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The first ``OSError`` in an exception's cause / context chain."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 # --------------------------------------------------------------------------- state helpers
@@ -178,6 +130,7 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        self._pending: int | None = None  # step of the async save not yet known to be on disk
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -202,7 +155,8 @@ class Checkpointer:
     def save(self, state: ts.TrainState, config: ml_collections.ConfigDict) -> bool:
         """Start an async save of ``state`` at ``int(state.step)``. Returns False (and logs)
         when that step is already saved; raises ``FloatingPointError`` on non-finite params,
-        never touching the existing checkpoints."""
+        never touching the existing checkpoints, and :class:`CheckpointWriteError` when this or
+        the previous (asynchronous) save could not be written."""
         step = int(state.step)
         if not all_finite(state.params) or not all_finite(state.opt_state):
             raise FloatingPointError(
@@ -211,36 +165,73 @@ class Checkpointer:
         if step in self.manager.all_steps():
             logging.info("checkpoint for step %d already exists; not overwritten", step)
             return False
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(json.loads(config_to_json(config))),
-            ),
-            force=True,
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(json.loads(config_to_json(config))),
         )
+        with self._write_errors(step):
+            started = self.manager.save(step, args=args, force=True)
+        self._pending = step
+        return started
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int) -> Iterator[None]:
+        """Turn an orbax write failure (here, or of the pending async save) into one line."""
+        try:
+            yield
+        except Exception as e:  # orbax / tensorstore raise many types for one I/O failure
+            failed = self._pending if self._pending is not None else step
+            self._pending = None
+            kept = [s for s in self.all_steps() if s != failed]
+            os_error = _os_error_in(e)
+            reason = os_error.strerror if os_error is not None else _short(e)
+            raise CheckpointWriteError(
+                os_error.errno if os_error is not None else errno.EIO,
+                f"writing checkpoint step {failed} to {str(self.directory)!r} failed: {reason}; "
+                f"the checkpoints already written are kept (steps {kept})",
+            ) from e
 
     def restore(self, abstract_state: ts.TrainState, step: int | None = None) -> ts.TrainState:
-        """Restore ``step`` (default latest) onto the shardings of ``abstract_state``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {str(self.directory)!r}")
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
+        """Restore ``step`` (default latest) onto the shardings of ``abstract_state``;
+        :class:`CheckpointReadError` if its files are damaged."""
+        step = self.check_step(step)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except Exception as e:  # tensorstore / orbax raise many types for a damaged file
+            raise CheckpointReadError(step, self.directory, e) from e
         return restored.state
 
-    def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {str(self.directory)!r}")
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+    def restore_latest_readable(self, abstract_state: ts.TrainState) -> ts.TrainState:
+        """The newest step that can be read: a damaged newer step is reported (and kept on
+        disk, never deleted) and the next older one is tried."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self.restore(abstract_state, step)
+            except CheckpointReadError as e:
+                logging.warning("%s; it is kept on disk; trying an older step", e)
+        raise FileNotFoundError(
+            f"no readable checkpoint in {str(self.directory)!r} (damaged steps: "
+            f"{self.all_steps()}); move them away or use a new --workdir"
         )
+
+    def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
+        step = self.check_step(step)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
+        except Exception as e:  # a damaged config item
+            raise CheckpointReadError(step, self.directory, e) from e
         return ml_collections.ConfigDict(restored.config)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the pending async save is on disk (:class:`CheckpointWriteError` if it
+        failed)."""
+        with self._write_errors(self._pending if self._pending is not None else -1):
+            self.manager.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
         self.manager.close()
@@ -250,46 +241,3 @@ class Checkpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------- preemption
-
-
-class PreemptionWatcher:
-    """Tells the loop to checkpoint and stop.
-
-    Single process: a SIGTERM handler sets a flag. Distributed: every process calls
-    ``multihost_utils.reached_preemption_sync_point(step)`` each step (JAX's coordination
-    service catches the signal and agrees on a step), so all processes save the same step;
-    no Python handler is installed there, it would replace JAX's.
-    """
-
-    def __init__(self, distributed: bool):
-        self.distributed = distributed
-        self.flag = False
-        self._previous: Any = None
-        if not distributed:
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread
-                self._previous = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("received signal %d: checkpointing and stopping", signum)
-        self.flag = True
-
-    def should_stop(self, step: int) -> bool:
-        if self.distributed:
-            from jax.experimental import multihost_utils
-
-            try:
-                if multihost_utils.reached_preemption_sync_point(step):
-                    self.flag = True
-            except RuntimeError:  # preemption service disabled
-                pass
-        return self.flag
-
-    def close(self) -> None:
-        if not self.distributed and self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None

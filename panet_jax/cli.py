@@ -71,14 +71,39 @@ def quiet_orbax(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING and "is read only" not in record.getMessage()
 
 
+def flag_error_message(e: BaseException) -> str:
+    """A flag-parsing error in a line or two: the innermost cause of a config file that cannot
+    be loaded (missing, a syntax error, an exception in ``get_config``), else absl's text."""
+    inner = e
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    if inner is e:
+        return error_message(e)
+    if isinstance(inner, SyntaxError):
+        where = f"{inner.filename}, line {inner.lineno}" if inner.filename else "the config file"
+        return f"{error_message(e).splitlines()[0]}: {inner.msg} ({where})"
+    return f"{error_message(e).splitlines()[0]}: {error_message(inner).splitlines()[-1]}"
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
-    """``absl.app.run(main)`` with the error policy above (the program name from argv[0])."""
+    """``absl.app.run(main)`` with the error policy above (the program name from argv[0]); a
+    flag or config-file error is reported the same way, with exit status 2."""
     program = os.path.basename(sys.argv[0]) or "panet_jax"
     absl_logging.get_absl_logger().addFilter(quiet_orbax)
+
+    def parse_flags(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            if os.environ.get("PANET_VERBOSE", "") not in ("", "0") or "--verbose" in argv:
+                raise
+            print(f"{program}: error: {flag_error_message(e)}", file=sys.stderr, flush=True)
+            print(f"{program}: pass --helpshort for the flags", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     def checked_main(argv: list[str]) -> Any:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         return guarded(program, main, argv)
 
-    app.run(checked_main)
+    app.run(checked_main, flags_parser=parse_flags)

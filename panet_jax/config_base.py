@@ -6,6 +6,10 @@ typo fails at start. ``parse_arg`` reads the ``configs/x.py:fold=0,shot=5`` suff
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
+
 import ml_collections
 
 # Keys accepted in the ``--config=configs/x.py:<arg>`` suffix and where they go.
@@ -122,3 +126,126 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
         if section is not None:
             c[section][field] = value
     return c
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every key, one place, before any device or file work.
+# --------------------------------------------------------------------------------------------
+
+ENCODERS = ("vgg16",)
+DTYPES = ("float32", "bfloat16", "float64")
+PARALLEL_IMPLS = ("shard_map", "pmap")
+MIN_IMAGE_SIDE = 16  # three stride-2 pools leave 2 x 2 features
+MAX_IMAGE_SIDE = 4096
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class _Checker:
+    """Collects ``config.<key>=<value>: expected <what>`` failures; raises them together."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.errors: list[str] = []
+
+    def require(self, key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            section, field = key.split(".")
+            self.errors.append(f"config.{key}={self.config[section][field]!r}: expected {expected}")
+
+    def one_of(self, key: str, allowed: Sequence[object]) -> None:
+        section, field = key.split(".")
+        self.require(key, self.config[section][field] in allowed, f"one of {tuple(allowed)}")
+
+    def int_at_least(self, key: str, low: int) -> None:
+        section, field = key.split(".")
+        v = self.config[section][field]
+        self.require(key, _is_int(v) and v >= low, f"an int >= {low}")
+
+    def number(self, key: str, expected: str, ok) -> None:
+        section, field = key.split(".")
+        v = self.config[section][field]
+        self.require(key, _is_number(v) and ok(v), expected)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ValueError("invalid config: " + "; ".join(self.errors))
+
+
+def validate(config: ml_collections.ConfigDict, *, train: bool, evaluate: bool) -> None:
+    """Check every key a training run (``train``) and / or an evaluation (``evaluate``) uses.
+
+    Raises ``ValueError`` listing each bad key as ``config.<key>=<value>: expected <what>``
+    (``FileNotFoundError`` for a missing ``model.pretrained``). Touches no device and no data.
+    """
+    from panet_jax.data import folds, spec  # pure Python
+
+    c = _Checker(config)
+    d = config.data
+    c.one_of("model.encoder", ENCODERS)
+    c.number("model.width", "a number in (0, 1]", lambda v: 0 < v <= 1)
+    c.one_of("model.dtype", DTYPES)
+    c.number("model.scale", "a positive number", lambda v: v > 0)
+    c.one_of("data.dataset", sorted(folds.NUM_CLASSES))
+    c.one_of("data.coco_split", folds.COCO_SPLITS)
+    c.require("data.fold", _is_int(d.fold) and 0 <= d.fold < folds.NUM_FOLDS,
+              f"an int in 0..{folds.NUM_FOLDS - 1}")  # fmt: skip
+    for key in ("n_shots", "n_queries", "n_ways"):
+        c.int_at_least(f"data.{key}", 1)
+    size = tuple(d.image_size) if isinstance(d.image_size, tuple | list) else ()
+    c.require(
+        "data.image_size",
+        len(size) == 2 and all(_is_int(s) and MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE for s in size),
+        f"(height, width) ints in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}",
+    )
+    c.one_of("parallel.impl", PARALLEL_IMPLS)
+    if not c.errors and d.dataset in folds.NUM_CLASSES:
+        n_train = len(folds.train_classes(d.dataset, d.fold, d.coco_split))
+        expected = f"at most the {n_train} training classes of {d.dataset} fold {d.fold}"
+        c.require("data.n_ways", d.n_ways <= n_train, expected)
+    if train:
+        for key in ("steps", "per_device_batch", "log_every", "checkpoint_every",
+                    "keep_checkpoints"):  # fmt: skip
+            c.int_at_least(f"train.{key}", 1)
+        c.int_at_least("train.image_every", 0)
+        c.number("train.par_weight", "a number >= 0", lambda v: v >= 0)
+        c.number("optim.lr", "a positive number", lambda v: v > 0)
+        c.number("optim.momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
+        c.number("optim.weight_decay", "a number >= 0", lambda v: v >= 0)
+        c.number("optim.gamma", "a positive number", lambda v: v > 0)
+        c.require("optim.milestones",
+                  all(_is_int(m) and m >= 0 for m in config.optim.milestones),
+                  "ints >= 0")  # fmt: skip
+    if evaluate or (train and config.train.eval_after):
+        e = config.eval
+        c.one_of("eval.protocol", spec.PROTOCOLS)
+        c.one_of("eval.support_annotation", spec.SUPPORT_ANNOTATIONS)
+        c.one_of("eval.sampler", spec.SAMPLERS)
+        for key in ("runs", "episodes", "per_device_batch"):
+            c.int_at_least(f"eval.{key}", 1)
+        for key in ("num_images", "seed"):
+            c.int_at_least(f"eval.{key}", 0)
+        if e.protocol == "hsnet":
+            c.require("data.n_ways", d.n_ways == 1, "1 (protocol 'hsnet' is 1-way, 1 query)")
+            c.require("data.n_queries", d.n_queries == 1, "1 (protocol 'hsnet')")
+    c.raise_if_any()
+    if config.model.dtype == "float64":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "config.model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (it is "
+                "meant for exactness checks, not training)"
+            )
+    if train and config.model.pretrained and not os.path.exists(config.model.pretrained):
+        raise FileNotFoundError(
+            f"config.model.pretrained={config.model.pretrained!r} does not exist (cwd "
+            f"{os.getcwd()!r}). Expected ImageNet weights (torchvision .pth, a Keras VGG16 .h5 "
+            "or a converted .npz), or set --config.model.pretrained='' for random init."
+        )

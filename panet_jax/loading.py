@@ -25,6 +25,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from panet_jax import checkpointing
+from panet_jax import workdir as workdir_lib
 from panet_jax.config_base import base_config
 from panet_jax.model import PANet
 
@@ -47,7 +48,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path | None, Path, int 
     if not p.exists():
         raise CheckpointNotFoundError(
             f"{os.fspath(path)!r} does not exist; expected a training workdir, its "
-            f"'{checkpointing.CHECKPOINT_DIR}' directory, a step directory, or weights "
+            f"'{workdir_lib.CHECKPOINT_DIR}' directory, a step directory, or weights "
             f"({', '.join(WEIGHT_SUFFIXES)})"
         )
     if p.is_file():
@@ -55,14 +56,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path | None, Path, int 
             f"{os.fspath(path)!r} is a file but not a weight file ({', '.join(WEIGHT_SUFFIXES)}); "
             "expected a training workdir, its checkpoints directory or a weight file"
         )
-    if (p / checkpointing.CHECKPOINT_DIR).is_dir() or (p / checkpointing.CONFIG_FILE).is_file():
-        return p, p / checkpointing.CHECKPOINT_DIR, None
-    if p.name == checkpointing.CHECKPOINT_DIR:
-        workdir = p.parent if (p.parent / checkpointing.CONFIG_FILE).is_file() else None
+    if (p / workdir_lib.CHECKPOINT_DIR).is_dir() or (p / workdir_lib.CONFIG_FILE).is_file():
+        return p, p / workdir_lib.CHECKPOINT_DIR, None
+    if p.name == workdir_lib.CHECKPOINT_DIR:
+        workdir = p.parent if (p.parent / workdir_lib.CONFIG_FILE).is_file() else None
         return workdir, p, None
-    if p.name.isdigit() and p.parent.name == checkpointing.CHECKPOINT_DIR:  # a step directory
+    if p.name.isdigit() and p.parent.name == workdir_lib.CHECKPOINT_DIR:  # a step directory
         workdir = p.parent.parent
-        has_config = (workdir / checkpointing.CONFIG_FILE).is_file()
+        has_config = (workdir / workdir_lib.CONFIG_FILE).is_file()
         return (workdir if has_config else None), p.parent, int(p.name)
     return None, p, None
 
@@ -70,9 +71,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path | None, Path, int 
 def load_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a checkpoint was trained with (workdir, checkpoints dir or step dir)."""
     workdir, ckpt_dir, step = resolve_checkpoint(path)
-    if workdir is not None and (workdir / checkpointing.CONFIG_FILE).exists():
+    if workdir is not None and (workdir / workdir_lib.CONFIG_FILE).exists():
         return ml_collections.ConfigDict(
-            json.loads((workdir / checkpointing.CONFIG_FILE).read_text())
+            json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
         )
     with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
         return ckpt.restore_config(ckpt.check_step(step))
@@ -165,3 +166,42 @@ def _without_pretrained(config: ml_collections.ConfigDict) -> ml_collections.Con
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.pretrained = ""
     return config
+
+
+# Keys compared with the training run's config (warning only): evaluating elsewhere is allowed.
+RUN_DATA_KEYS = ("dataset", "fold", "coco_split", "image_size", "builder_config")
+# Model keys that are choices of the evaluation, not properties of the trained network.
+EVAL_MODEL_KEYS = ("pretrained", "dtype")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that treats lists (JSON) and tuples (ConfigDict) alike."""
+    norm = lambda x: list(x) if isinstance(x, list | tuple) else x
+    return norm(a) == norm(b)
+
+
+def adopt_run_model_config(config: ml_collections.ConfigDict, path: str | os.PathLike) -> list[str]:
+    """Copy the training run's ``model`` keys (the trained network's shape) into ``config``,
+    in place; return warning lines for every differing value (model keys taken from the run,
+    data keys only reported). Weight files carry no run config: nothing is changed."""
+    if is_weight_file(path):
+        return []
+    saved = load_run_config(path).to_dict()
+    warnings = []
+    for key, value in saved.get("model", {}).items():
+        if key in EVAL_MODEL_KEYS or key not in config.model:
+            continue
+        if not _same(config.model[key], value):
+            warnings.append(
+                f"config.model.{key}={config.model[key]!r} differs from the checkpoint's "
+                f"{value!r}; using the checkpoint's"
+            )
+            config.model[key] = tuple(value) if isinstance(value, list) else value
+    for key in RUN_DATA_KEYS:
+        if key in saved.get("data", {}) and key in config.data:
+            if not _same(config.data[key], saved["data"][key]):
+                warnings.append(
+                    f"config.data.{key}={config.data[key]!r} but the checkpoint was trained "
+                    f"with {saved['data'][key]!r}"
+                )
+    return warnings

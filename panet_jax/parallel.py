@@ -1,9 +1,7 @@
-"""Data parallelism in the pmap programming model.
+"""Running the per-device steps of :mod:`panet_jax.steps` on all devices: meshes, shardings,
+``jit(shard_map)`` / ``pmap``, host <-> global arrays, and ``jax.distributed`` start-up.
 
-The train step is written *per device* with ``axis_name='batch'``: each device sees its
-``[per_device_batch, ...]`` block of the global batch, :func:`panet_jax.model.panet_loss`
-returns that device's share of the global loss (normalisers ``psum``-ed), and the step
-``psum``-s the gradients and metrics. The same function runs as
+The same step function runs as
 
 * ``impl='shard_map'`` (default): ``jax.jit(jax.shard_map(step, mesh, in_specs=(P(),
   P('batch')), out_specs=(P(), P())))`` over a global ``[devices * per_device, ...]`` batch.
@@ -22,20 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax.training import common_utils
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from panet_jax import optim
-from panet_jax.model import panet_loss
-from panet_jax.train_state import TrainState
-
 BATCH_AXIS = "batch"
-Batch = dict[str, Any]
-Metrics = dict[str, jax.Array]
-StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+HostStep = Callable[[Any, dict[str, np.ndarray]], tuple[Any, dict[str, jax.Array]]]
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -82,61 +75,26 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
-def host_local_to_global(tree: Any, mesh: Mesh) -> Any:
-    """Fully replicated host-local arrays (e.g. multi-process pmap outputs) -> global arrays
-    replicated on ``mesh`` (no copy)."""
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.host_local_array_to_global_array(tree, mesh, P())
+def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a ``'batch'``-sharded global array, in order."""
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(BATCH_AXIS)))
 
 
-def make_train_step(
-    config: ml_collections.ConfigDict, axis_name: str | None = BATCH_AXIS
-) -> StepFn:
-    """The pure per-device ``train_step(state, batch) -> (state, metrics)``.
-
-    ``batch`` holds ``[per_device_batch, ...]`` episodes (spec.py format). Metrics (global,
-    identical on every device): ``loss``, ``loss_seg``, ``loss_par``, ``lr`` (the rate used by
-    this update). With ``axis_name=None`` it is the plain single-device step.
-    """
-    schedule = optim.schedule_from_config(config.optim)
-    loss_kwargs = dict(
-        par_weight=float(config.train.par_weight),
-        align=bool(config.train.align),
-        scale=float(config.model.scale),
-        axis_name=axis_name,
-    )
-
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        params = state.params
-        if axis_name is not None:
-            # Mark the replicated params as per-device, so the gradient below is this device's
-            # own (under shard_map's check_vma, differentiating an *unvarying* input would
-            # insert the psum implicitly; pmap never does). The psum is then explicit, once.
-            params = jax.lax.pcast(params, axis_name, to="varying")
-
-        def loss_fn(p):
-            outputs = state.apply_fn({"params": p}, batch)
-            return panet_loss(outputs, batch, **loss_kwargs)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        if axis_name is not None:
-            grads = jax.lax.psum(grads, axis_name)
-            metrics = jax.lax.psum(metrics, axis_name)
-        metrics = dict(metrics, lr=jnp.asarray(schedule(state.step), jnp.float32))
-        return state.apply_gradients(grads=grads), metrics
-
-    return train_step
+def on_batch(fn: Callable[..., Any], mesh: Mesh, n_batched: int, out_specs: Any) -> Callable:
+    """``jit(shard_map(fn))`` for ``fn(replicated, *batched)``: the first argument replicated,
+    the next ``n_batched`` split over ``'batch'``."""
+    in_specs = (P(), *(P(BATCH_AXIS),) * n_batched)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
 
 
-def shard_map_step(step: StepFn, mesh: Mesh) -> StepFn:
+def shard_map_step(step: Callable, mesh: Mesh) -> Callable:
     """``jit(shard_map(step))``: (replicated state, global ``'batch'``-sharded batch) ->
     (replicated state, replicated metrics); the input state is donated."""
     mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
     return jax.jit(mapped, donate_argnums=0)
 
 
-def pmap_step(step: StepFn) -> StepFn:
+def pmap_step(step: Callable) -> Callable:
     """Literal ``jax.pmap`` over the local devices: batch ``[local_devices, per_device, ...]``,
     state and outputs unmapped (``in_axes=None`` / ``out_axes=None``); the state is donated."""
     return jax.pmap(
@@ -144,43 +102,24 @@ def pmap_step(step: StepFn) -> StepFn:
     )
 
 
-def split_for_pmap(batch: dict[str, np.ndarray], n_local_devices: int) -> dict[str, np.ndarray]:
-    """``[host_batch, ...] -> [n_local_devices, host_batch // n_local_devices, ...]``."""
-
-    def split(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.shape[0] % n_local_devices:
-            raise ValueError(
-                f"host batch {x.shape[0]} does not split over {n_local_devices} local devices"
-            )
-        return x.reshape(n_local_devices, x.shape[0] // n_local_devices, *x.shape[1:])
-
-    return {k: split(v) for k, v in batch.items()}
-
-
-HostStepFn = Callable[[TrainState, dict[str, np.ndarray]], tuple[TrainState, Metrics]]
-
-
-def make_parallel_step(config: ml_collections.ConfigDict, mesh: Mesh) -> HostStepFn:
-    """``(state replicated on mesh, host batch of numpy arrays) -> (state, metrics)`` in the
-    form ``config.parallel.impl`` names; feeding the batch to the devices is included."""
-    impl = config.parallel.impl
-    step = make_train_step(config)
+def make_parallel_step(step: Callable, impl: str, mesh: Mesh) -> HostStep:
+    """``(state replicated on mesh, host batch of numpy arrays) -> (state, metrics)`` running
+    the per-device ``step`` as ``impl`` (``'shard_map'`` or ``'pmap'``); feeding the batch to
+    the devices is included."""
     if impl == "shard_map":
         compiled = shard_map_step(step, mesh)
         return lambda state, batch: compiled(state, host_batch_to_global(batch, mesh))
     if impl == "pmap":
         compiled = pmap_step(step)
-        n_local = len(mesh.local_devices)
         if jax.process_count() == 1:
-            return lambda state, batch: compiled(state, split_for_pmap(batch, n_local))
+            return lambda state, batch: compiled(state, common_utils.shard(batch))
 
         def multi_process(state, batch):
             # pmap returns host-local arrays (over this process's devices); make the state a
             # global replicated array again so it can be checkpointed and used beside
             # shard_map code (the per-step round trip the pmap migration guide warns about).
-            state, metrics = compiled(state, split_for_pmap(batch, n_local))
-            return host_local_to_global(state, mesh), metrics
+            state, step_metrics = compiled(state, common_utils.shard(batch))
+            return multihost_utils.host_local_array_to_global_array(state, mesh, P()), step_metrics
 
         return multi_process
     raise ValueError(f"config.parallel.impl={impl!r}; expected 'shard_map' or 'pmap'")
@@ -196,13 +135,28 @@ def host_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
     return len(mesh.local_devices) * int(config.train.per_device_batch)
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a ``'batch'``-sharded array, in order."""
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    rows, seen = [], set()
-    for s in shards:
-        start = s.index[0].start or 0
-        if start not in seen:  # replicas of a row block (not on a 1-D batch mesh) once
-            seen.add(start)
-            rows.append(np.asarray(s.data))
-    return np.concatenate(rows)
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """``jax.distributed.initialize`` when ``config.parallel.distributed`` (explicit
+    coordinator / num_processes / process_id when given, else auto-detected, e.g. TPU).
+    Idempotent; on CPU it first selects ``config.parallel.cpu_collectives`` (gloo)."""
+    p = config.parallel
+    if not p.distributed or jax.distributed.is_initialized():
+        return
+    if p.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", p.cpu_collectives)
+    kwargs: dict[str, Any] = {}
+    if p.coordinator_address:
+        kwargs["coordinator_address"] = p.coordinator_address
+    if p.num_processes > 0:
+        kwargs["num_processes"] = p.num_processes
+    if p.process_id >= 0:
+        kwargs["process_id"] = p.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+def __getattr__(name: str) -> Any:  # until panet_jax.aot moves to panet_jax.steps
+    if name == "make_train_step":
+        from panet_jax import steps
+
+        return steps.make_train_step
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -36,11 +35,6 @@ def build_model(config: ml_collections.ConfigDict) -> PANet:
         raise ValueError(f"config.model.encoder={m.encoder!r}: only 'vgg16' is implemented")
     if m.dtype not in _DTYPES:
         raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
-    if m.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "config.model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (it is meant "
-            "for exactness checks, not training)"
-        )
     dtype, param_dtype = _DTYPES[m.dtype]
     encoder = VGG16Encoder(width=m.width, dtype=dtype, param_dtype=param_dtype)
     return PANet(encoder=encoder, scale=m.scale)
@@ -58,17 +52,6 @@ def _random_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainSta
     return _state_from_params(config, variables["params"])
 
 
-def check_pretrained(config: ml_collections.ConfigDict) -> None:
-    """Raise ``FileNotFoundError`` naming ``config.model.pretrained`` when it is set but absent."""
-    path = config.model.pretrained
-    if path and not os.path.exists(path):
-        raise FileNotFoundError(
-            f"config.model.pretrained={path!r} does not exist (cwd {os.getcwd()!r}). Expected "
-            "ImageNet VGG-16 weights (torchvision vgg16-397923af.pth, a Keras VGG16 .h5 or a "
-            "converted .npz), or set --config.model.pretrained='' for random init."
-        )
-
-
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
     """Random init from ``rng`` (kaiming, as the official code), then the ImageNet encoder
     weights of ``config.model.pretrained`` when set. Arrays live on the default device;
@@ -79,7 +62,6 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
     state = init.compile(options)(rng)
     if config.model.pretrained:
-        check_pretrained(config)
         from panet_jax import pretrained  # needs torch/h5py only on this path
 
         encoder = pretrained.load_pretrained(config.model.pretrained, width=config.model.width)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import train_helpers as h
 
-from panet_jax import checkpointing, loading, parallel, pretrained
+from panet_jax import checkpointing, loading, parallel, pretrained, workdir
 from panet_jax import train_state as ts
 
 
@@ -78,19 +78,19 @@ def test_interrupted_save_leftovers_are_not_checkpoints(tmp_path, config, state)
 
 
 def test_workdir_of_another_run_is_not_clobbered(tmp_path, config):
-    checkpointing.prepare_workdir(tmp_path, config)
+    workdir.prepare_workdir(tmp_path, config)
     same = h.tiny_config()
     same.train.steps = 99  # resumable key: fine
     same.parallel.impl = "pmap"
-    checkpointing.prepare_workdir(tmp_path, same)
+    workdir.prepare_workdir(tmp_path, same)
     other = h.tiny_config()
     other.optim.lr = 0.5
     other.model.width = 0.25
     before = (tmp_path / "config.json").read_text()
-    with pytest.raises(checkpointing.ConfigMismatchError, match=r"optim\.lr.*\n.*|model\.width"):
-        checkpointing.prepare_workdir(tmp_path, other)
+    with pytest.raises(workdir.ConfigMismatchError, match=r"optim\.lr.*\n.*|model\.width"):
+        workdir.prepare_workdir(tmp_path, other)
     assert (tmp_path / "config.json").read_text() == before
-    checkpointing.prepare_workdir(tmp_path, other, allow_mismatch=True)
+    workdir.prepare_workdir(tmp_path, other, allow_mismatch=True)
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.5
     assert (tmp_path / "config.json.previous").exists()
     assert loading.load_run_config(tmp_path).optim.lr == 0.5
@@ -98,8 +98,8 @@ def test_workdir_of_another_run_is_not_clobbered(tmp_path, config):
 
 def test_checkpoints_without_config_are_not_adopted(tmp_path, config):
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)
-    with pytest.raises(checkpointing.ConfigMismatchError, match=r"no config\.json"):
-        checkpointing.prepare_workdir(tmp_path, config)
+    with pytest.raises(workdir.ConfigMismatchError, match=r"no config\.json"):
+        workdir.prepare_workdir(tmp_path, config)
 
 
 def test_load_variables_from_npz(tmp_path, state):

@@ -181,7 +181,7 @@ def _expect_failure(tmp_path, tree, exc, match):
     with pytest.raises(exc, match=match):
         builders.prepare("pascal_voc_aug", data_dir=str(data_dir), manual_dir=tree.manual_dir)
     builder = builders.get_builder("pascal_voc_aug", data_dir=str(data_dir))
-    assert not builders.is_prepared(builder)
+    assert not builder.is_prepared()
     assert _listing(data_dir) == []  # nothing written (TFDS wrote into a temp dir, now gone)
 
 

@@ -238,5 +238,5 @@ def test_bad_data_errors_name_the_file(tmp_path, pristine, breaker):
     data_dir = tmp_path / "tfds"
     with pytest.raises(exc, match="(?s)" + ".*".join(map(re.escape, fragments))):
         builders.prepare("fss1000", data_dir=str(data_dir), manual_dir=manual_dir)
-    assert not builders.is_prepared(builders.get_builder("fss1000", data_dir=str(data_dir)))
+    assert not builders.get_builder("fss1000", data_dir=str(data_dir)).is_prepared()
     assert _listing(data_dir) == []

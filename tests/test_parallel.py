@@ -48,5 +48,5 @@ def test_mesh_and_placement_helpers():
     np.testing.assert_array_equal(np.asarray(g["query_labels"]), batch["query_labels"])
     tree = parallel.replicate({"a": np.arange(3.0), "b": jax.numpy.ones(2)}, mesh)
     assert tree["a"].sharding.is_fully_replicated
-    split = parallel.split_for_pmap(h.random_batch(0, 6), 2)
-    assert split["support_images"].shape[:3] == (2, 3, 1)
+    rows = parallel.local_rows(g["query_labels"], mesh)
+    np.testing.assert_array_equal(rows, batch["query_labels"])

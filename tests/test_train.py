@@ -16,7 +16,7 @@ import tensorflow as tf
 import train_helpers as h
 from tensorboard.backend.event_processing import event_accumulator
 
-from panet_jax import checkpointing, loading, parallel, trainer
+from panet_jax import checkpointing, input_pipeline, loading, parallel, steps, trainer, workdir
 from panet_jax import train_state as ts
 from panet_jax.data import builders
 
@@ -64,8 +64,10 @@ def test_entry_point_trains_on_4_devices(tmp_path, data_dir):
 
 def test_loss_decreases_on_a_fixed_batch(data_dir):
     c = h.tiny_config(data_dir, train__per_device_batch=2)
-    batch = next(trainer.make_dataset(c, batch_size=2, start_step=0, num_steps=1))
-    step = jax.jit(parallel.make_train_step(c, axis_name=None))
+    with input_pipeline.train_batches(c, batch_size=2, start_step=0, num_steps=1,
+                                      process_index=0, process_count=1) as batches:  # fmt: skip
+        batch = next(batches)
+    step = jax.jit(steps.make_train_step(c, axis_name=None))
     state = ts.create_train_state(c, jax.random.key(0))
     losses = []
     for _ in range(12):
@@ -216,7 +218,7 @@ def test_failed_runs_never_touch_the_last_good_checkpoint(tmp_path, data_dir):
     before = h.flat_params(loading.load_variables(wd)["params"])
 
     other = h.tiny_config(data_dir, train__steps=4, optim__lr=0.1)
-    with pytest.raises(checkpointing.ConfigMismatchError, match=r"optim\.lr: 0\.01 -> 0\.1"):
+    with pytest.raises(workdir.ConfigMismatchError, match=r"optim\.lr: 0\.01 -> 0\.1"):
         trainer.train(other, str(wd))
 
     diverging = h.tiny_config(

@@ -173,6 +173,7 @@ def _cmd_parallel_check(
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     from panet_jax import parallel
+    from panet_jax import steps as steps_lib
     from panet_jax import train_state as ts
 
     c = tiny_config(train__per_device_batch=int(per_device_batch))
@@ -182,7 +183,7 @@ def _cmd_parallel_check(
     batches = [random_batch(s, n * int(per_device_batch)) for s in range(int(steps))]
     s0 = ts.create_train_state(c, jax.random.key(0))
 
-    single = jax.jit(parallel.make_train_step(c, axis_name=None))
+    single = jax.jit(steps_lib.make_train_step(c, axis_name=None))
     ref, ref_metrics = s0, []
     for b in batches:
         ref, m = single(ref, b)
@@ -194,7 +195,7 @@ def _cmd_parallel_check(
     }
     for impl in ("shard_map", "pmap"):
         c.parallel.impl = impl
-        step = parallel.make_parallel_step(c, mesh)
+        step = parallel.make_parallel_step(steps_lib.make_train_step(c), impl, mesh)
         state, metrics = parallel.replicate(s0, mesh), []
         for b in batches:
             state, m = step(state, b)

@@ -52,14 +52,11 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 import tensorflow_datasets as tfds
 
-from panet_jax.data import episodes, folds, official_sampler, preprocess
+from panet_jax.data import episodes, folds, official_sampler, preprocess, spec
 from panet_jax.data.builders import BUILDER_OF_DATASET, load_prepared
 from panet_jax.data.official_sampler import OfficialEpisode, OfficialEpisodes, OfficialScribblePicks
 
 DATASETS = ("synthetic", "pascal5i", "coco20i")
-ANNOTATIONS = ("dense", "scribble", "bbox")
-PROTOCOLS = ("panet", "hsnet")
-SAMPLERS = ("stateless", "official")
 # (dataset, protocol) -> (train split, evaluation split)
 DEFAULT_SPLITS = {
     ("pascal5i", "panet"): ("trainaug", "trainaug"),
@@ -101,9 +98,9 @@ class EpisodeConfig:
                 raise ValueError(f"EpisodeConfig.{name}={value!r}; expected one of {allowed}")
 
         check("dataset", self.dataset, DATASETS)
-        check("support_annotation", self.support_annotation, ANNOTATIONS)
-        check("protocol", self.protocol, PROTOCOLS)
-        check("sampler", self.sampler, SAMPLERS)
+        check("support_annotation", self.support_annotation, spec.SUPPORT_ANNOTATIONS)
+        check("protocol", self.protocol, spec.PROTOCOLS)
+        check("sampler", self.sampler, spec.SAMPLERS)
         folds.test_classes(self.dataset, self.fold, self.coco_split)  # validates fold/split
         for name in ("n_ways", "n_shots", "n_queries"):
             if int(getattr(self, name)) < 1:

@@ -27,6 +27,10 @@ from typing import NamedTuple
 import numpy as np
 
 IGNORE_LABEL = 255
+# How episodes are made, named once for the config, the pipeline and the evaluator:
+SUPPORT_ANNOTATIONS = ("dense", "scribble", "bbox")  # support masks: dense, scribbles, boxes
+PROTOCOLS = ("panet", "hsnet")  # the official test draw | HSNet's (image, class) list walk
+SAMPLERS = ("official", "stateless")  # replay of the official draw | per-episode NumPy seeds
 
 EPISODE_KEYS = (
     "support_images",

@@ -45,8 +45,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree, shortest_path
 from scipy.special import comb
 
+from panet_jax.data import spec
+
 __all__ = [
-    "WEAK_KINDS",
     "background_scribble",
     "bbox_masks",
     "scribble_from_mask",
@@ -54,7 +55,6 @@ __all__ = [
     "weak_support_masks",
 ]
 
-WEAK_KINDS = ("dense", "scribble", "bbox")
 
 # Official ScribblesRobot defaults.
 KERNEL_SIZE = 0.15  # opening radius = KERNEL_SIZE * sqrt(area) * 0.5 ...
@@ -433,8 +433,8 @@ def weak_support_masks(
       ``(fg_w, bg_w)``, ``bool [H, W]`` each (cast to ``float32`` for the episode). For
       ``'bbox'`` the bg comes from the boxes only, ``bg`` is not consulted (official).
     """
-    if kind not in WEAK_KINDS:
-        raise ValueError(f"kind must be one of {WEAK_KINDS}, got {kind!r}")
+    if kind not in spec.SUPPORT_ANNOTATIONS:
+        raise ValueError(f"kind must be one of {spec.SUPPORT_ANNOTATIONS}, got {kind!r}")
     fgm = _as_mask(fg, "fg")
     bgm = _as_mask(bg, "bg", fgm.shape)
     if instances is not None:

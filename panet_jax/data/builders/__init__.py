@@ -49,7 +49,6 @@ __all__ = [
     "PascalVocAug",
     "SyntheticFss",
     "get_builder",
-    "is_prepared",
     "load_prepared",
     "prepare",
     "prepare_command",
@@ -73,11 +72,6 @@ def get_builder(
     return BUILDERS[name](data_dir=_resolve_data_dir(data_dir), file_format=FILE_FORMAT, **kwargs)
 
 
-def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
-    """Whether ``builder``'s data folder holds a finished dataset (``dataset_info.json``)."""
-    return os.path.isfile(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
-
-
 def prepare_command(name: str, data_dir: str | None, config: str | None = None) -> str:
     """The shell command that prepares ``name`` (used in error messages)."""
     cmd = f"python experiments/prepare_data.py --dataset={name}"
@@ -93,7 +87,7 @@ def load_prepared(
 ) -> tfds.core.GeneratorBasedBuilder:
     """The prepared builder, or ``FileNotFoundError`` saying how to prepare it."""
     builder = get_builder(name, data_dir=data_dir, config=config)
-    if not is_prepared(builder):
+    if not builder.is_prepared():
         config_name = builder.builder_config.name if builder.builder_config else None
         msg = (
             f"dataset {name!r} (config {config_name!r}) is not prepared under "
@@ -149,7 +143,7 @@ def prepare(
         raise FileNotFoundError(
             f"manual_dir {manual_dir} is empty.\n" + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
         )
-    if not is_prepared(builder):
+    if not builder.is_prepared():
         _download_and_prepare(builder, manual_dir)
         return get_builder(name, data_dir=data_dir, config=config)
     if not overwrite:
