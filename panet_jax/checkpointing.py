@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,11 @@ _ITEMS = ("state", "config")
 class CheckpointReadError(ValueError):
     """A saved step that cannot be read (truncated or corrupted files)."""
 
-    def __init__(self, step: int, directory: Path, cause: BaseException):
-        self.step, self.directory = step, directory
+    def __init__(self, step: int, directory: Path, cause: BaseException, hint: str = ""):
+        self.step, self.directory, self.cause = step, directory, cause
         super().__init__(
             f"checkpoint step {step} in {str(directory)!r} cannot be read, it is damaged "
-            f"(an interrupted copy or a full disk?): {_short(cause)}"
+            f"(an interrupted copy or a full disk?): {_short(cause)}{hint}"
         )
 
 
@@ -60,6 +61,28 @@ def _short(e: BaseException, limit: int = 240) -> str:
     lines = [ln.strip() for ln in (str(e) or type(e).__name__).splitlines() if ln.strip()]
     text = lines[0] if lines else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _silence_closed_loop_callbacks() -> None:
+    """After a failed orbax save / restore, tensorstore's still-running reads call back into
+    the event loop orbax has closed; each callback's ``RuntimeError('Event loop is closed')``
+    reaches ``sys.unraisablehook`` (dozens of tracebacks, no information). Drop exactly those,
+    once installed; every other unraisable exception goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_panet_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_noise(unraisable):
+            previous(unraisable)
+
+    hook._panet_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _os_error_in(e: BaseException) -> OSError | None:
@@ -129,6 +152,7 @@ class Checkpointer:
             # crashed save are not steps and are removed on the next start.
             cleanup_tmp_directories=not read_only,
         )
+        _silence_closed_loop_callbacks()  # a failing background save produces the same noise
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
         self._pending: int | None = None  # step of the async save not yet known to be on disk
 
@@ -184,12 +208,17 @@ class Checkpointer:
             self._pending = None
             kept = [s for s in self.all_steps() if s != failed]
             os_error = _os_error_in(e)
-            reason = os_error.strerror if os_error is not None else _short(e)
-            raise CheckpointWriteError(
-                os_error.errno if os_error is not None else errno.EIO,
+            full = (os_error is not None and os_error.errno == errno.ENOSPC) or any(
+                marker in str(e) for marker in ("RESOURCE_EXHAUSTED", "No space left")
+            )
+            reason = "no space left on the device" if full else _short(e)
+            error = CheckpointWriteError(
                 f"writing checkpoint step {failed} to {str(self.directory)!r} failed: {reason}; "
-                f"the checkpoints already written are kept (steps {kept})",
-            ) from e
+                f"the checkpoints already written are kept (steps {kept})"
+                + ("; free some space and run again to resume" if full else "")
+            )
+            error.errno = errno.ENOSPC if full else (os_error.errno if os_error else None)
+            raise error from e
 
     def restore(self, abstract_state: ts.TrainState, step: int | None = None) -> ts.TrainState:
         """Restore ``step`` (default latest) onto the shardings of ``abstract_state``;

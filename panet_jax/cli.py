@@ -27,6 +27,12 @@ EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
 MAX_LINES = 6  # a message that lists several items (keys, files) may take a few lines
 
 
+class FlagError(ValueError):
+    """A flag value that cannot work (checked before any work): exit status 2."""
+
+    exit_code = 2
+
+
 def verbose() -> bool:
     """Whether tracebacks were asked for (``--verbose`` or ``PANET_VERBOSE=1``)."""
     parsed = flags.FLAGS.is_parsed() and flags.FLAGS["verbose"].value
@@ -35,7 +41,7 @@ def verbose() -> bool:
 
 def error_message(e: BaseException) -> str:
     """The user-facing text of an expected error (a full disk and permissions spelled out)."""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.strerror:  # a bare OS error
         where = f" writing {e.filename!r}" if e.filename else ""
         return f"no space left on the device{where}; free some space and run again"
     if isinstance(e, PermissionError):
@@ -48,9 +54,10 @@ def error_message(e: BaseException) -> str:
 
 
 def fail(program: str, e: BaseException) -> None:
-    """Print ``program: error: message`` on stderr and exit with status 1."""
+    """Print ``program: error: message`` on stderr and exit with status 1 (2 for a
+    :class:`FlagError`)."""
     print(f"{program}: error: {error_message(e)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.exit(getattr(e, "exit_code", 1))
 
 
 def guarded(program: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -64,11 +71,17 @@ def guarded(program: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def quiet_orbax(record: logging.LogRecord) -> bool:
-    """Logging filter: drop orbax's per-save / per-restore INFO chatter and its notice that a
-    read-only checkpoint directory is read only; keep its other warnings and errors."""
+    """Logging filter: drop orbax's per-save / per-restore INFO chatter, its notice that a
+    read-only checkpoint directory is read only, and the tracebacks its background threads
+    log for a failed save (the same failure is raised in the main thread and reported there
+    in one line); keep its other warnings and errors."""
+    if f"{os.sep}clu{os.sep}asynclib" in record.pathname:  # the writer's error, raised later
+        return not record.exc_info
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
         return True
-    return record.levelno >= logging.WARNING and "is read only" not in record.getMessage()
+    if record.exc_info or record.levelno < logging.WARNING:
+        return False
+    return "is read only" not in record.getMessage()
 
 
 def flag_error_message(e: BaseException) -> str:
@@ -77,6 +90,8 @@ def flag_error_message(e: BaseException) -> str:
     inner = e
     while inner.__cause__ is not None:
         inner = inner.__cause__
+    if isinstance(inner, SyntaxError) and inner is e:
+        return f"config file {inner.filename}, line {inner.lineno}: {inner.msg}"
     if inner is e:
         return error_message(e)
     if isinstance(inner, SyntaxError):
@@ -94,7 +109,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
     def parse_flags(argv: list[str]) -> list[str]:
         try:
             return flags.FLAGS(argv)
-        except flags.Error as e:
+        except Exception as e:  # a bad flag, or any error of the config file it loads
+            if isinstance(e, flags.Error) and e.__cause__ is None and not str(e):
+                raise
             if os.environ.get("PANET_VERBOSE", "") not in ("", "0") or "--verbose" in argv:
                 raise
             print(f"{program}: error: {flag_error_message(e)}", file=sys.stderr, flush=True)

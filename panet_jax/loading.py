@@ -105,8 +105,17 @@ def load_variables(
     step = step_of_path if step is None else step
     with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
         step = ckpt.check_step(step)
-        config = ckpt.restore_config(step)
-        state = ckpt.restore(checkpointing.abstract_state_on(config, mesh), step)
+        try:
+            config = ckpt.restore_config(step)
+            state = ckpt.restore(checkpointing.abstract_state_on(config, mesh), step)
+        except checkpointing.CheckpointReadError as e:
+            others = [s for s in ckpt.all_steps() if s != step]
+            hint = (
+                f"; pass --step={max(others)} (saved steps: {ckpt.all_steps()})"
+                if others
+                else "; no other step is saved"
+            )
+            raise checkpointing.CheckpointReadError(step, ckpt.directory, e.cause, hint) from e
     return {"params": state.params}
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -293,7 +295,11 @@ def load_keras_vgg16_h5(path: str | os.PathLike, *, rgb_normalised: bool = True)
         raise ImportError(f"cannot read {path!r}: Keras .h5 files need `pip install h5py`") from e
     expected = vgg16_param_shapes(1.0)
     params: EncoderParams = {}
-    with h5py.File(path, "r") as f:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        raise PretrainedWeightsError(f"{path}: not a readable HDF5 file, truncated? ({e})") from e
+    with h5 as f:
         root = f["model_weights"] if "model_weights" in f else f
         present = set(root.keys())
         if "block4_conv4" in present or "block5_conv4" in present:
@@ -347,18 +353,27 @@ def save_npz(params: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -
         np.savez(f, **flatten_params(params))
 
 
+def read_npz(path: str, error: type[Exception] = PretrainedWeightsError) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` as float32; a truncated or corrupt file raises ``error``
+    naming it (NumPy / zipfile / zlib raise many types for one damaged file)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: np.asarray(data[key], dtype=np.float32) for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise error(f"{path}: not a readable .npz file, truncated or corrupt? ({e})") from e
+
+
 def load_npz(path: str | os.PathLike) -> EncoderParams:
     """Read a :func:`save_npz` file; checks the VGG-16 layer structure (any width)."""
     path = _check_file(path)
     params: EncoderParams = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            layer, sep, leaf = key.partition("/")
-            if not sep:
-                raise PretrainedWeightsError(
-                    f"{path}: entry {key!r} is not of the form 'conv1_1/kernel'"
-                )
-            params.setdefault(layer, {})[leaf] = np.asarray(data[key], dtype=np.float32)
+    for key, value in read_npz(path).items():
+        layer, sep, leaf = key.partition("/")
+        if not sep:
+            raise PretrainedWeightsError(
+                f"{path}: entry {key!r} is not of the form 'conv1_1/kernel'"
+            )
+        params.setdefault(layer, {})[leaf] = value
     check_encoder_params(params, path, width=None)
     return params
 

@@ -61,7 +61,8 @@ def closing(resource: Any, what: str) -> Iterator[Any]:
         try:
             resource.close()
         except Exception as e:  # secondary: the first error propagates
-            log.warning("closing the %s failed too: %s", what, e)
+            first_line = (str(e) or type(e).__name__).strip().splitlines()[0]
+            log.warning("closing the %s failed too: %s", what, first_line)
         raise
     resource.close()
 

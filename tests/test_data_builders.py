@@ -281,7 +281,7 @@ def test_never_overwrites_silently_and_keeps_old_data_on_failure(tmp_path):
 
 def test_prepare_data_cli(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "experiments", "prepare_data.py"),
-           "--dataset=synthetic_fss", "--config=tiny", f"--data_dir={tmp_path}",
+           "--dataset=synthetic_fss", "--builder_config=tiny", f"--data_dir={tmp_path}",
            f"--hsnet_lists={tmp_path / 'lists'}"]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)

@@ -42,7 +42,7 @@ from panet_jax.models.resnet import (
     scaled_channels,
     stage_planes,
 )
-from panet_jax.pretrained import TORCH_INSTALL_HINT, PretrainedWeightsError
+from panet_jax.pretrained import TORCH_INSTALL_HINT, PretrainedWeightsError, read_npz
 
 Variables = dict[str, Any]  # {'params': nested dict, 'batch_stats': nested dict}
 COLLECTIONS = ("params", "batch_stats")
@@ -365,13 +365,8 @@ def load_npz(
     ``depth`` if given); every shape must be that of the encoder at ``width`` (``None``:
     any width, the tree is still checked)."""
     path = _check_file(path)
-    flat: dict[tuple[str, ...], np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for key in data.files:
-                flat[tuple(key.split("/"))] = np.asarray(data[key], dtype=np.float32)
-    except (OSError, ValueError, EOFError) as e:
-        raise ResNetWeightsError(f"{path}: not a readable .npz file ({e})") from e
+    arrays = read_npz(path, ResNetWeightsError)
+    flat = {tuple(key.split("/")): value for key, value in arrays.items()}
     if not flat or {k[0] for k in flat} != set(COLLECTIONS):
         raise ResNetWeightsError(
             f"{path}: expected 'params/...' and 'batch_stats/...' entries of ResNet encoder "

@@ -15,9 +15,14 @@ look-up happens.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
@@ -39,11 +44,14 @@ BUILDER_OF_DATASET = {
     "synthetic": "synthetic_fss",
     "fss1000": "fss1000",
 }
+DATASET_OF_BUILDER = {builder: dataset for dataset, builder in BUILDER_OF_DATASET.items()}
 FILE_FORMAT = "array_record"
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BUILDERS",
     "BUILDER_OF_DATASET",
+    "DATASET_OF_BUILDER",
     "Coco20i",
     "Fss1000",
     "PascalVocAug",
@@ -78,7 +86,7 @@ def prepare_command(name: str, data_dir: str | None, config: str | None = None) 
     if name != "synthetic_fss":
         cmd += " --manual_dir=<folder with the raw files>"
     if config:
-        cmd += f" --config={config}"
+        cmd += f" --builder_config={config}"
     return cmd + f" --data_dir={data_dir or '<data_dir>'}"
 
 
@@ -104,15 +112,56 @@ def load_prepared(
 def _download_and_prepare(
     builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None
 ) -> None:
-    """``download_and_prepare`` without GCS and without leaving a ``downloads/`` folder."""
+    """``download_and_prepare`` without GCS and without leaving a ``downloads/`` folder; TFDS's
+    bare ``AssertionError`` for a split without examples becomes a ``ValueError`` naming it."""
     config = tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir) if manual_dir else None,
         try_download_gcs=False,
     )
     with tempfile.TemporaryDirectory(prefix="tfds-downloads-") as download_dir:
-        builder.download_and_prepare(
-            download_dir=download_dir, download_config=config, file_format=FILE_FORMAT
-        )
+        try:
+            builder.download_and_prepare(
+                download_dir=download_dir, download_config=config, file_format=FILE_FORMAT
+            )
+        except AssertionError as e:  # TFDS: "No examples were yielded."
+            raise ValueError(
+                f"{builder.name}: a split has no examples ({e}); check the image lists in "
+                f"{os.fspath(manual_dir) if manual_dir else 'the manual_dir'}"
+            ) from e
+
+
+@contextlib.contextmanager
+def _preparation_lock(data_dir: str, name: str) -> Iterator[None]:
+    """One preparation of ``name`` per ``data_dir`` at a time (an advisory ``flock`` on a lock
+    file next to the datasets), so that leftovers found under it are never another run's."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, f".{name}.prepare.lock")
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"another preparation of {name} under {data_dir!r} is running (lock {path!r}); "
+                "wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(builder: tfds.core.DatasetBuilder, data_dir: str, name: str) -> None:
+    """Folders an interrupted preparation of ``name`` left behind (TFDS ``incomplete.*``
+    folders, our ``.staging-<name>-*`` folders and ``.old`` backups); only ever called under
+    :func:`_preparation_lock`, so none of them belongs to a running preparation."""
+    version_dir = os.fspath(builder.data_path)
+    parent, version = os.path.split(version_dir.rstrip(os.sep))
+    leftovers = glob.glob(os.path.join(parent, f"incomplete.*_{version}"))
+    leftovers += glob.glob(os.path.join(data_dir, f".staging-{name}-*"))
+    leftovers += [version_dir + ".old"] if os.path.isdir(version_dir + ".old") else []
+    for path in leftovers:
+        log.warning("removing %s, left by an interrupted preparation of %s", path, name)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def prepare(
@@ -128,7 +177,8 @@ def prepare(
     Refuses (``FileExistsError``) when the dataset is already prepared, unless ``overwrite``.
     A failed preparation leaves ``data_dir`` as it was: TFDS writes into a temporary folder that
     it renames at the end, and an overwrite is first prepared in a staging folder next to the
-    old data, which is only replaced once the new data are complete.
+    old data, which is only replaced once the new data are complete. Leftovers of an earlier,
+    interrupted preparation are removed first (one preparation per dataset at a time).
     """
     data_dir = _resolve_data_dir(data_dir)
     builder = get_builder(name, data_dir=data_dir, config=config)
@@ -143,25 +193,33 @@ def prepare(
         raise FileNotFoundError(
             f"manual_dir {manual_dir} is empty.\n" + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
         )
-    if not builder.is_prepared():
-        _download_and_prepare(builder, manual_dir)
-        return get_builder(name, data_dir=data_dir, config=config)
-    if not overwrite:
+    if builder.is_prepared() and not overwrite:
         raise FileExistsError(
             f"{name} is already prepared at {os.fspath(builder.data_path)}; "
             "pass overwrite=True (--overwrite) to rebuild it"
         )
-    os.makedirs(data_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=data_dir)
+    with _preparation_lock(data_dir, name):
+        _remove_leftovers(builder, data_dir, name)
+        if not builder.is_prepared():
+            _download_and_prepare(builder, manual_dir)
+        else:
+            _prepare_replacing(builder, name, data_dir, manual_dir, config)
+    return get_builder(name, data_dir=data_dir, config=config)
+
+
+def _prepare_replacing(
+    builder: tfds.core.DatasetBuilder, name: str, data_dir: str,
+    manual_dir: str | os.PathLike | None, config: str | None,
+) -> None:  # fmt: skip
+    """Prepare into a staging folder, then swap it in for the old dataset."""
+    staging = tempfile.mkdtemp(prefix=f".staging-{name}-", dir=data_dir)
     try:
         staged = get_builder(name, data_dir=staging, config=config)
         _download_and_prepare(staged, manual_dir)
         target = os.fspath(builder.data_path)
         backup = target + ".old"
-        shutil.rmtree(backup, ignore_errors=True)
         os.rename(target, backup)
         os.rename(os.fspath(staged.data_path), target)
         shutil.rmtree(backup)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return get_builder(name, data_dir=data_dir, config=config)

@@ -63,6 +63,11 @@ def semantic_masks(coco, image_id: int, cat_index: dict[int, int]) -> tuple:
     anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
     painted = []
     for order, ann in enumerate(anns):
+        if ann.get("category_id") not in cat_index:
+            raise ValueError(
+                f"annotation {ann.get('id')} of image {image_id} has category_id "
+                f"{ann.get('category_id')!r}, which is not among the file's 80 categories"
+            )
         m = coco.annToMask(ann).astype(bool)
         if m.shape != (h, w):
             raise ValueError(f"annotation {ann.get('id')} of image {image_id} has shape {m.shape}")
@@ -127,7 +132,10 @@ class Coco20i(tfds.core.GeneratorBasedBuilder):
             info = coco.imgs[image_id]
             path = os.path.join(image_dir, info["file_name"])
             image, hw = common.read_image(path)
-            mask, instances = semantic_masks(coco, image_id, cat_index)
+            try:
+                mask, instances = semantic_masks(coco, image_id, cat_index)
+            except ValueError as e:
+                raise ValueError(f"{ann_path}: {e}") from e
             common.check_shape(mask, hw, f"the annotation mask of {ann_path} ({image_id})", path)
             return common.make_example(
                 image_id=os.path.splitext(info["file_name"])[0],

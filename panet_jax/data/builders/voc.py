@@ -151,6 +151,8 @@ class PascalVocAug(tfds.core.GeneratorBasedBuilder):
         for split in SPLITS:
             list_path = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
             ids = read_id_list(list_path)
+            if not ids:
+                raise ValueError(f"{list_path} lists no image ids; expected one id per line")
             if len(set(ids)) != len(ids):
                 raise ValueError(f"{list_path} lists some ids more than once")
             _check_files_exist(root, ids, list_path)
