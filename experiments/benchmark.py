@@ -1,87 +1,161 @@
-r"""Time one jit-compiled PANet training step (forward + backward + SGD update).
+r"""Time the training step the trainer runs, and the evaluator's forward, optionally beside PyTorch.
 
-    python experiments/benchmark.py --sizes=241,417 --shots=1 --dtypes=float32 --repeats=5 \
-        --out=bench_results/cpu.json
+    python experiments/benchmark.py --sizes=241,417 --shots=1,5 --kinds=train,eval \
+        --variants=default,xla --compare_pytorch --repeats=3 --out=bench_results/cpu.json
+    python experiments/benchmark.py --sizes=128 --width=0.125 --batch=4 --compare_pytorch  # demo
 
-For every (size, shots, dtype): a full-width VGG-16 PANet (1-way by default, 1 query, a batch of
-1 episode, synthetic data already on the device), optax SGD with momentum 0.9 and weight decay
-5e-4 (the official recipe), the loss ``L_seg + L_PAR``. Reported: trace+lower and compile time,
-the first (warm-up) step, the median / min of ``--repeats`` further steps (each ended with
-``block_until_ready``), and the peak memory: peak RSS of the process on CPU
-(``resource.getrusage``), ``memory_stats()['peak_bytes_in_use']`` on GPU/TPU. By default every
-configuration runs in a fresh subprocess, so the peaks are per configuration and one failure
-(e.g. out of memory) does not end the run. Prints a Markdown table; ``--out`` also writes JSON
-with the device and library versions.
+Per configuration (image size, shots, kind), built from ``config_base.base_config()`` with
+``--width`` / ``--batch`` / ``--ways`` / ``--queries`` / ``--dtype``:
+
+* ``train``: :func:`panet_jax.steps.make_train_step` on a
+  :func:`panet_jax.train_state.create_train_state` state (random init, SGD momentum 0.9, weight
+  decay 5e-4), run as the trainer runs it: :func:`panet_jax.parallel.shard_map_step` on the
+  mesh of all devices, ``--batch`` episodes per device, the state donated.
+* ``eval``: the evaluator's ``jit(shard_map(eval_step))`` (forward, argmax, IoU counts).
+
+Each *variant* is one way to compile it: ``default`` (this project's per-executable options,
+:mod:`panet_jax.xla_options`), ``xla`` (XLA's own defaults: the YNNPACK fusions on), ``ynn_off``,
+``ynn_dots`` (only dots in YNNPACK), or any ``--define_variant=name={"xla_option": value}``.
+``--compare_pytorch`` adds ``torch``: the official model and losses re-stated in PyTorch
+(``tests/torch_reference.py``) with ``torch.optim.SGD(lr 1e-3, momentum 0.9, weight decay
+5e-4)``; eval is its ``no_grad`` forward + argmax. The variants of a configuration run in one
+process, **alternating** (A B C A B C ...; one untimed warm-up each first), so drifts of the
+machine's load hit them alike; a fresh subprocess per configuration (``--isolate``) makes the
+peak RSS a per-configuration figure (``--noalternate``: one subprocess per variant, so
+per-variant peaks, no alternation). Inputs are synthetic episodes already on the device.
+
+Reported per row: median / min seconds over ``--repeats`` rounds (fewer when ``--budget_s`` runs
+out, at least ``--min_repeats``), episodes/s, GFLOP per step (the compiled executable's
+``cost_analysis()['flops']``; PyTorch rows use the ``default`` executable's count), GFLOP/s
+against the measured float32 matmul rate (``--matmul_size``, in JAX) and against the
+theoretical FMA peak (cores x clock x FMA units x lanes x 2, from ``/proc/cpuinfo``; the
+derivation is printed), peak RSS, and the time ratio to ``torch``. Prints a Markdown table;
+``--out`` writes JSON atomically.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from absl import flags
+
+from panet_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sizes", ["241", "417"], "Square image sides.")
+flags.DEFINE_list("shots", ["1"], "K values.")
+flags.DEFINE_list("kinds", ["train", "eval"], "Steps to time: train, eval.")
+flags.DEFINE_list("variants", ["default", "xla"], "JAX compile variants (see the docstring).")
+flags.DEFINE_multi_string(
+    "define_variant", [], 'Extra variant: name={"xla_option": value, ...} (JSON).'
+)
+flags.DEFINE_bool("compare_pytorch", False, "Also time the official-equivalent PyTorch step.")
+flags.DEFINE_float("width", 1.0, "Encoder channel multiplier (config.model.width).")
+flags.DEFINE_integer("batch", 1, "Episodes per device per step (config.train.per_device_batch).")
+flags.DEFINE_integer("ways", 1, "N (config.data.n_ways).")
+flags.DEFINE_integer("queries", 1, "Queries per episode (config.data.n_queries).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "config.model.dtype.")
+flags.DEFINE_integer("repeats", 5, "Timed rounds (one step of every variant each).")
+flags.DEFINE_integer("min_repeats", 2, "Rounds run even when --budget_s is exceeded.")
+flags.DEFINE_float("budget_s", 0.0, "Stop a configuration's rounds after this (0: no limit).")
+flags.DEFINE_integer("warmup", 1, "Untimed steps of each variant after compiling.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul measuring the rate.")
+flags.DEFINE_bool("isolate", True, "A fresh subprocess per configuration (per-config peaks).")
+flags.DEFINE_bool("alternate", True, "Variants alternate in one process (else one each).")
+flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_string("worker", None, "(internal) run one configuration given as JSON.")
+
 RESULT_MARKER = "BENCH_RESULT "
+BUILTIN_VARIANTS: dict[str, dict[str, Any] | None] = {
+    "default": None,  # panet_jax.xla_options for the kind
+    "xla": {},  # XLA's own defaults
+    "ynn_off": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+}
+TORCH = "torch"
 
 
-def _csv(cast):
-    def parse(text: str) -> list:
-        return [cast(v) for v in text.split(",") if v.strip()]
-
-    return parse
+# ------------------------------------------------------------------------------------------
+# The machine: theoretical FMA peak from /proc/cpuinfo.
+# ------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> dict[str, Any]:
+    """float32 FMA peak = cores x clock x FMA units x SIMD lanes x 2 FLOP, with its derivation.
+
+    Clock: ``cpu MHz`` (under a hypervisor the nominal clock; turbo is not counted). Lanes:
+    16 with ``avx512f``, 8 with ``fma``/``avx2``, else 4. FMA units: 2 per core (Intel server
+    cores since Skylake-SP, AMD Zen 2-5); AMD family 25 (Zen 3/4) runs AVX-512 on 256-bit
+    datapaths, so 8 lanes there. An estimate: SKUs with one 512-bit FMA unit exist.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    cores = cores or len(os.sched_getaffinity(0))
+
+    def field(name: str) -> str:
+        m = re.search(rf"^{name}\s*:\s*(.*)$", cpuinfo, re.M)
+        return m.group(1).strip() if m else ""
+
+    model, vendor, isa = field("model name"), field("vendor_id"), set(field("flags").split())
+    mhz = float(field("cpu MHz") or 0.0)
+    lanes, why = (16, "avx512f") if "avx512f" in isa else (8, "fma") if "fma" in isa else (4, "sse")
+    if lanes == 16 and vendor == "AuthenticAMD" and field("cpu family") == "25":
+        lanes, why = 8, "avx512f on AMD family 25 (Zen 3/4): 256-bit datapaths"
+    units = 2
+    peak = cores * mhz * 1e6 * units * lanes * 2
+    derivation = (
+        f"{cores} cores x {mhz / 1e3:.3f} GHz ('cpu MHz') x {units} FMA units x {lanes} fp32 "
+        f"lanes ({why}) x 2 FLOP/FMA = {peak / 1e9:.0f} GFLOP/s"
     )
-    p.add_argument("--sizes", type=_csv(int), default=[241, 417], help="square image sides")
-    p.add_argument("--shots", type=_csv(int), default=[1], help="K values")
-    p.add_argument("--dtypes", type=_csv(str), default=["float32"], help="float32,bfloat16")
-    p.add_argument("--ways", type=int, default=1)
-    p.add_argument("--queries", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1, help="episodes per step")
-    p.add_argument("--width", type=float, default=1.0, help="encoder channel multiplier")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps (after the warm-up)")
-    p.add_argument(
-        "--matmul_size", type=int, default=0,
-        help="side of the matmul measuring the device's rate for MFU (0: 8192 on GPU/TPU, "
-        "2048 on CPU)",
-    )  # fmt: skip
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
-    p.add_argument("--out", default="", help="write the results as JSON here")
-    p.add_argument(
-        "--isolate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each configuration in its own subprocess (per-configuration peak memory)",
-    )
-    p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # "size,shots,dtype"
-    args = p.parse_args(argv)
-    for d in args.dtypes:
-        if d not in ("float32", "bfloat16"):
-            p.error(f"--dtypes: unknown dtype {d!r}; expected float32 or bfloat16")
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("--repeats must be >= 1 and --warmup >= 0")
-    return args
+    return {"model": model, "vendor": vendor, "cores": cores, "mhz": mhz, "lanes": lanes,
+            "fma_units": units, "peak_flops_per_s": peak, "derivation": derivation}  # fmt: skip
 
 
-def synthetic_batch(
-    n_ways: int, n_shots: int, n_queries: int, batch: int, size: int, seed: int = 0
-) -> dict[str, Any]:
-    """A batch of episodes: normal-noise images, a centred square object, a 255 row."""
+# ------------------------------------------------------------------------------------------
+# Worker: one configuration, its variants alternating.
+# ------------------------------------------------------------------------------------------
+
+
+def make_config(spec: dict[str, Any]) -> Any:
+    """``base_config()`` with the spec's size, shots, width, batch, ways, queries, dtype."""
+    from panet_jax.config_base import base_config
+
+    c = base_config()
+    c.model.width = float(spec["width"])
+    c.model.dtype = spec["dtype"]
+    c.data.image_size = (spec["size"], spec["size"])
+    c.data.n_shots, c.data.n_ways, c.data.n_queries = spec["shots"], spec["ways"], spec["queries"]
+    c.train.per_device_batch = c.eval.per_device_batch = spec["batch"]
+    return c
+
+
+def synthetic_batch(config: Any, episodes: int, seed: int = 0) -> dict[str, Any]:
+    """``episodes`` episodes: normal-noise images, a centred square object, one 255 row."""
     import numpy as np
 
     from panet_jax.data.spec import zeros_episode
 
+    d = config.data
+    size = d.image_size[0]
     rng = np.random.default_rng(seed)
-    ep = zeros_episode(n_ways, n_shots, n_queries, size, size, batch=(batch,))
+    ep = zeros_episode(d.n_ways, d.n_shots, d.n_queries, size, size, batch=(episodes,))
     ep["support_images"][:] = rng.standard_normal(ep["support_images"].shape)
     ep["query_images"][:] = rng.standard_normal(ep["query_images"].shape)
     lo, hi = size // 4, 3 * size // 4
@@ -89,128 +163,80 @@ def synthetic_batch(
     ep["support_bg"][:] = 1.0 - ep["support_fg"]
     ep["query_labels"][..., lo:hi, lo:hi] = 1
     ep["query_labels"][..., size // 8, :] = 255
-    ep["class_ids"][:] = np.arange(1, n_ways + 1)
+    ep["class_ids"][:] = np.arange(1, d.n_ways + 1)
     return ep
 
 
-def device_info() -> dict[str, Any]:
+def jax_runner(spec: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    """Compile one JAX variant; returns ``{'run': () -> None, 'flops', 'lower_s', ...}``."""
     import jax
-
-    dev = jax.devices()[0]
-    return {
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "num_devices": jax.device_count(),
-        "host_cpus": os.cpu_count(),
-        "host": platform.platform(),
-    }
-
-
-def peak_memory(dev) -> tuple[int | None, str]:
-    """Peak bytes: the device allocator's on accelerators, the process RSS on CPU."""
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
-
-
-def run_config(size: int, shots: int, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build, compile and time one training step configuration (in this process)."""
-    import jax
-    import jax.numpy as jnp
     import numpy as np
-    import optax
+    from jax.sharding import PartitionSpec as P
 
-    from panet_jax.model import PANet, panet_loss
-    from panet_jax.models.vgg import VGG16Encoder
-    from panet_jax.optim import pytorch_sgd
+    from panet_jax import parallel, steps
+    from panet_jax import train_state as ts
 
-    dev = jax.devices()[0]
-    if not args.matmul_size:
-        args.matmul_size = 2048 if dev.platform == "cpu" else 8192
-    model = PANet(VGG16Encoder(width=args.width, dtype=getattr(jnp, dtype)))
-    init = jax.jit(lambda rng: model.init_params(rng, (33, 33), args.ways, shots))
-    params = init(jax.random.PRNGKey(0))["params"]  # image size does not change the params
-    tx = pytorch_sgd(1e-3, momentum=0.9, weight_decay=5e-4)  # the official optimiser
-    opt_state = tx.init(params)
-    batch = jax.device_put(synthetic_batch(args.ways, shots, args.queries, args.batch, size), dev)
-
-    def train_step(params, opt_state, batch):
-        def loss_fn(p):
-            loss, _ = panet_loss(model.apply({"params": p}, batch), batch)
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(train_step, donate_argnums=(0, 1))
+    config = make_config(spec)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(ts.create_train_state(config, jax.random.key(0)), mesh)
+    episodes = parallel.global_batch_size(config, mesh)
+    batch = parallel.host_batch_to_global(synthetic_batch(config, episodes), mesh)
+    if spec["kind"] == "train":
+        fn = parallel.shard_map_step(steps.make_train_step(config), mesh, compiler_options=options)
+        args: list[Any] = [state, batch]
+    else:
+        step = steps.make_eval_step(ts.build_model(config), num_classes=20)
+        out_specs = (P(), P(parallel.BATCH_AXIS))
+        fn = parallel.on_batch(step, mesh, 2, out_specs, compiler_options=options)
+        valid = parallel.host_batch_to_global({"v": np.ones(episodes, bool)}, mesh)["v"]
+        args = [{"params": state.params}, batch, valid]
     t0 = time.perf_counter()
-    lowered = step.lower(params, opt_state, batch)
+    lowered = fn.lower(*args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    xla_temp = None
-    try:
-        xla_temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:  # not every backend reports it
-        pass
-    flops = step_flops(compiled)
-    matmul_rate = measured_matmul_rate(dtype, args.matmul_size)
 
-    losses: list[float] = []
-    cpu_times: list[float] = []
+    def run() -> None:
+        out = compiled(*args)
+        if spec["kind"] == "train":
+            args[0] = out[0]  # the donated state
+        jax.block_until_ready(out)
 
-    def timed() -> float:
-        nonlocal params, opt_state
-        start, cpu_start = time.perf_counter(), time.process_time()
-        params, opt_state, loss = compiled(params, opt_state, batch)
-        jax.block_until_ready((params, opt_state, loss))
-        elapsed = time.perf_counter() - start
-        cpu_times.append(time.process_time() - cpu_start)
-        losses.append(float(loss))
-        return elapsed
-
-    load_before = os.getloadavg()
-    warm = [timed() for _ in range(args.warmup)]
-    times = [timed() for _ in range(args.repeats)]
-    load_after = os.getloadavg()
-    peak, peak_kind = peak_memory(dev)
-    return {
-        "size": size,
-        "shots": shots,
-        "ways": args.ways,
-        "queries": args.queries,
-        "batch": args.batch,
-        "dtype": dtype,
-        "width": args.width,
-        "device_kind": dev.device_kind,
-        "trace_lower_s": t1 - t0,
-        "compile_s": t2 - t1,
-        "warmup_s": warm,
-        "step_s": times,
-        "median_step_s": statistics.median(times),
-        "min_step_s": min(times),
-        # Process CPU time (all threads) of the timed steps: robust to other load on a CPU host.
-        "cpu_step_s": cpu_times[args.warmup :],
-        "median_cpu_step_s": statistics.median(cpu_times[args.warmup :]),
-        "loadavg_1min_before_after": [load_before[0], load_after[0]],
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "xla_temp_bytes": xla_temp,
-        "episodes_per_s": args.batch / statistics.median(times),
-        "step_flops": flops,
-        "achieved_flops_per_s": None if flops is None else flops / statistics.median(times),
-        "matmul_flops_per_s": matmul_rate,
-        # Model FLOPs utilisation against the device's *measured* dense matmul rate.
-        "mfu": None if flops is None else flops / statistics.median(times) / matmul_rate,
-        "final_loss": losses[-1],
-        "loss_finite": bool(np.all(np.isfinite(losses))),
-    }
+    return {"run": run, "flops": step_flops(compiled), "lower_s": t1 - t0, "compile_s": t2 - t1,
+            "ynn_fusions": compiled.as_text().count("__ynn_fusion")}  # fmt: skip
 
 
-def step_flops(compiled) -> float | None:
+def torch_runner(spec: dict[str, Any]) -> dict[str, Any]:
+    """The official-equivalent PyTorch step (``tests/torch_reference.py``) on the same data."""
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import torch_reference as tr
+
+    config = make_config(spec)
+    torch.manual_seed(0)
+    model = tr.FewShotSeg(width=float(spec["width"]))
+    supp, fore, back, qry, label = tr.episodes_to_official(synthetic_batch(config, spec["batch"]))
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def train() -> None:
+        opt.zero_grad()
+        out, align = model(supp, fore, back, qry)
+        (criterion(out, label) + align).backward()
+        opt.step()
+
+    def forward() -> None:
+        with torch.no_grad():
+            out, _ = model(supp, fore, back, qry)
+            out.argmax(dim=1)
+
+    model.train(spec["kind"] == "train")
+    return {"run": train if spec["kind"] == "train" else forward, "flops": None,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+
+
+def step_flops(compiled: Any) -> float | None:
     """FLOPs of one compiled step from XLA's cost analysis (None if the backend has none)."""
     try:
         cost = compiled.cost_analysis()
@@ -222,13 +248,12 @@ def step_flops(compiled) -> float | None:
     return float(flops) if flops else None
 
 
-def measured_matmul_rate(dtype: str, n: int, repeats: int = 5) -> float:
-    """Median FLOP/s of an ``n x n`` matmul in ``dtype`` on the default device: the
-    denominator of the MFU column (a measured, not a datasheet, peak)."""
+def matmul_rate(n: int, repeats: int = 5) -> float:
+    """Median float32 FLOP/s of an ``n x n`` matmul in JAX on the default device."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((n, n), getattr(jnp, dtype))
+    a = jnp.ones((n, n), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     times = []
@@ -239,131 +264,205 @@ def measured_matmul_rate(dtype: str, n: int, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def run_isolated(size: int, shots: int, dtype: str, argv: list[str]) -> dict[str, Any]:
-    """Run one configuration in a subprocess and parse its result line."""
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, f"--worker={size},{shots},{dtype}"]
+def alternate(runners: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[str, list]:
+    """Warm-up, then rounds of one timed step per variant (A B C A B C ...)."""
+    for r in runners.values():
+        r["warmup_s"] = [timed(r["run"]) for _ in range(spec["warmup"])]
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    start = time.perf_counter()
+    for i in range(spec["repeats"]):
+        over = spec["budget_s"] and time.perf_counter() - start > spec["budget_s"]
+        if over and i >= spec["min_repeats"]:
+            break
+        for name, r in runners.items():
+            times[name].append(timed(r["run"]))
+    return times
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Build every variant of one configuration, time them alternating; one row per variant."""
+    import jax
+
+    runners: dict[str, dict[str, Any]] = {}
+    for name in spec["variants"]:
+        if name == TORCH:
+            runners[name] = torch_runner(spec)
+        else:
+            runners[name] = jax_runner(spec, spec["options"][name])
+    rate = matmul_rate(spec["matmul_size"])
+    load = os.getloadavg()[0]
+    times = alternate(runners, spec)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    flops = next((r["flops"] for r in runners.values() if r["flops"]), None)
+    rows = []
+    for name, r in runners.items():
+        t = times[name]
+        row = {k: v for k, v in spec.items() if k not in ("options", "variants")}
+        row.update({k: v for k, v in r.items() if k != "run"})
+        row.update(variant=name, options=spec["options"].get(name), step_s=t,
+                   median_s=statistics.median(t), min_s=min(t), flops=r["flops"] or flops,
+                   matmul_flops_per_s=rate, peak_rss_bytes=peak, loadavg_1min=load,
+                   device_kind=jax.devices()[0].device_kind)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Parent: configurations, subprocesses, table, JSON.
+# ------------------------------------------------------------------------------------------
+
+
+def variant_options() -> dict[str, dict[str, Any] | None]:
+    """Name -> options for every requested JAX variant (built-in or ``--define_variant``)."""
+    known = dict(BUILTIN_VARIANTS)
+    for text in FLAGS.define_variant:
+        name, sep, body = text.partition("=")
+        try:
+            options = json.loads(body) if sep else None
+        except json.JSONDecodeError as e:
+            raise cli.FlagError(f"--define_variant={text!r}: not JSON ({e})") from e
+        if not name or not isinstance(options, dict) or name == TORCH:
+            raise cli.FlagError(f"--define_variant={text!r}: expected name={{json object}}")
+        known[name] = options
+    unknown = [v for v in FLAGS.variants if v not in known]
+    if unknown:
+        raise cli.FlagError(f"--variants: unknown {unknown}; known: {sorted(known)}")
+    return {v: known[v] for v in FLAGS.variants}
+
+
+def specs() -> list[dict[str, Any]]:
+    """One spec per configuration (or per configuration and variant with ``--noalternate``)."""
+    options = variant_options()
+    names = [*options, *([TORCH] if FLAGS.compare_pytorch else [])]
+    if FLAGS.dtype != "float32" and FLAGS.compare_pytorch:
+        raise cli.FlagError("--compare_pytorch compares float32 steps only")
+    for k in FLAGS.kinds:
+        if k not in ("train", "eval"):
+            raise cli.FlagError(f"--kinds: unknown {k!r}; expected train, eval")
+    base = {"width": FLAGS.width, "batch": FLAGS.batch, "ways": FLAGS.ways,
+            "queries": FLAGS.queries, "dtype": FLAGS.dtype, "repeats": FLAGS.repeats,
+            "min_repeats": FLAGS.min_repeats, "budget_s": FLAGS.budget_s,
+            "warmup": FLAGS.warmup, "matmul_size": FLAGS.matmul_size,
+            "options": options}  # fmt: skip
+    groups = [names] if FLAGS.alternate else [[n] for n in names]
+    return [dict(base, kind=kind, size=int(size), shots=int(shots), variants=group)
+            for shots in FLAGS.shots for size in FLAGS.sizes for kind in FLAGS.kinds
+            for group in groups]  # fmt: skip
+
+
+def run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One configuration in a fresh subprocess; its result line parsed."""
+    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(spec)}"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER) :])
-    return {"size": size, "shots": shots, "dtype": dtype, "error": f"exit status {proc.returncode}"}
+    spec = {k: v for k, v in spec.items() if k != "options"}
+    return [dict(spec, variant="/".join(spec["variants"]), error=f"exit {proc.returncode}")]
 
 
-def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+def with_ratios(rows: list[dict[str, Any]]) -> None:
+    """Add ``vs_torch``: median time / the PyTorch row's of the same configuration."""
+    key = lambda r: (r["kind"], r["size"], r["shots"], r["width"], r["batch"])
+    ok = [r for r in rows if "error" not in r]
+    torch_median = {key(r): r["median_s"] for r in ok if r["variant"] == TORCH}
+    for r in rows:
+        if "error" not in r and key(r) in torch_median:
+            r["vs_torch"] = r["median_s"] / torch_median[key(r)]
 
 
-def markdown_table(results: list[dict[str, Any]], device: str) -> str:
-    head = (
-        "| device | image | N-way K-shot | dtype | trace+lower (s) | compile (s) | first step (s) "
-        "| median step (s) | min (s) | steps timed | median CPU time (s) | load avg "
-        "| peak memory | episodes/s | GFLOP/step | MFU |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    )
-    rows = [head]
-    for r in results:
-        if "error" in r:
-            rows.append(
-                f"| {device} | {r['size']}x{r['size']} | {r['shots']}-shot | {r['dtype']} "
-                f"| failed: {r['error']} | | | | | | | | | | | |"
-            )
-            continue
-        first = f"{r['warmup_s'][0]:.2f}" if r["warmup_s"] else "-"
-        kind = "RSS" if "RSS" in r["peak_memory_kind"] else "device"
-        load = "/".join(f"{v:.1f}" for v in r["loadavg_1min_before_after"])
-        gflop = "-" if r.get("step_flops") is None else f"{r['step_flops'] / 1e9:.0f}"
-        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
-        rows.append(
-            f"| {device} | {r['size']}x{r['size']} | {r['ways']}-way {r['shots']}-shot "
-            f"| {r['dtype']} | {r['trace_lower_s']:.2f} | {r['compile_s']:.2f} | {first} "
-            f"| **{r['median_step_s']:.2f}** | {r['min_step_s']:.2f} | {len(r['step_s'])} "
-            f"| {r['median_cpu_step_s']:.2f} | {load} | {_gib(r['peak_memory_bytes'])} ({kind}) "
-            f"| {r['episodes_per_s']:.3f} | {gflop} | {mfu} |"
-        )
-    return "\n".join(rows)
+def _num(x: float | None, unit: float) -> str:
+    return "-" if x is None else f"{x / unit:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        size, shots, dtype = args.worker.split(",")
-        result = run_config(int(size), int(shots), dtype, args)
-        result["device"] = device_info()
-        print(RESULT_MARKER + json.dumps(result), flush=True)
-        return 0
+def _pct(rate: float | None, of: float | None) -> str:
+    return "-" if rate is None or not of else f"{100 * rate / of:.0f}%"
 
-    import jax  # versions only: the backend is initialised in the workers when isolating
 
-    child_argv = [
-        f"--ways={args.ways}",
-        f"--queries={args.queries}",
-        f"--batch={args.batch}",
-        f"--width={args.width}",
-        f"--repeats={args.repeats}",
-        f"--warmup={args.warmup}",
-        f"--matmul_size={args.matmul_size}",
+def markdown_table(rows: list[dict[str, Any]], peak: float) -> str:
+    """One line per (configuration, variant)."""
+    lines = [
+        "| step | image | task | variant | median s | min s | rounds | vs torch | GFLOP/step "
+        "| GFLOP/s | % of matmul | % of FMA peak | peak RSS | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    results = []
-    for dtype in args.dtypes:
-        for shots in args.shots:
-            for size in args.sizes:
-                print(f"[benchmark] size={size} shots={shots} dtype={dtype} ...", flush=True)
-                if args.isolate:
-                    r = run_isolated(size, shots, dtype, child_argv)
-                else:
-                    r = run_config(size, shots, dtype, args)
-                    r["device"] = device_info()
-                if "error" not in r:
-                    print(
-                        f"[benchmark]   median {r['median_step_s']:.3f} s over "
-                        f"{len(r['step_s'])} steps, compile {r['compile_s']:.2f} s",
-                        flush=True,
-                    )
-                results.append(r)
-    devices = [r["device"] for r in results if "device" in r]
-    device = devices[0] if devices else {}
-    name = device.get("device_kind", "?")
-    if device.get("platform") == "cpu":
-        name = f"CPU ({device.get('host_cpus')} cores)"
-    table = markdown_table(results, name)
-    print(table)
-    if args.out:
-        import flax
-        import optax
-
-        report = {
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "args": {k: v for k, v in vars(args).items() if k != "worker"},
-            "versions": {
-                "jax": jax.__version__,
-                "jaxlib": _jaxlib_version(),
-                "flax": flax.__version__,
-                "optax": optax.__version__,
-                "python": platform.python_version(),
-            },
-            "device": device,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "results": results,
-            "table": table,
-        }
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
-    return 0 if all("error" not in r for r in results) else 1
+    for r in rows:
+        task = f"{r['ways']}-way {r['shots']}-shot, {r['batch']} ep. x w{r['width']:g}"
+        head = f"| {r['kind']} | {r['size']} | {task} | {r['variant']} "
+        if "error" in r:
+            lines.append(head + f"| failed: {r['error']} |" + " |" * 9)
+            continue
+        rate = r["flops"] / r["median_s"] if r.get("flops") else None
+        ratio = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else "-"
+        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        lines.append(
+            head + f"| **{r['median_s']:.3f}** | {r['min_s']:.3f} | {len(r['step_s'])} "
+            f"| {ratio} | {_num(r.get('flops'), 1e9)} | {_num(rate, 1e9)} "
+            f"| {_pct(rate, r['matmul_flops_per_s'])} | {_pct(rate, peak)} "
+            f"| {r['peak_rss_bytes'] / 2**30:.2f} GiB | {compile_s} |"
+        )
+    return "\n".join(lines)
 
 
-def _jaxlib_version() -> str | None:
+def versions() -> dict[str, str | None]:
+    import flax
+    import jax
+    import jaxlib
+
+    out: dict[str, str | None] = {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "python": platform.python_version(),
+    }
     try:
-        import jaxlib
+        import torch
 
-        return jaxlib.__version__
-    except Exception:
-        return None
+        out["torch"] = torch.__version__
+    except ImportError:
+        out["torch"] = None
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if FLAGS.worker:
+        print(RESULT_MARKER + json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    from panet_jax import files
+
+    peak = cpu_peak()
+    rows: list[dict[str, Any]] = []
+    for spec in specs():
+        print(f"[benchmark] {spec['kind']} {spec['size']}px {spec['shots']}-shot: "
+              f"{' '.join(spec['variants'])} ...", flush=True)  # fmt: skip
+        got = run_isolated(spec) if FLAGS.isolate else run_worker(spec)
+        for r in got:
+            if "error" not in r:
+                print(f"[benchmark]   {r['variant']}: median {r['median_s']:.3f} s "
+                      f"over {len(r['step_s'])}", flush=True)  # fmt: skip
+        rows.extend(got)
+    with_ratios(rows)
+    table = markdown_table(rows, peak["peak_flops_per_s"])
+    rates = sorted({round(r["matmul_flops_per_s"] / 1e9) for r in rows if "error" not in r})
+    notes = (f"CPU: {peak['model']} ({peak['vendor']}), {peak['cores']} cores. FMA peak: "
+             f"{peak['derivation']}. Measured {FLAGS.matmul_size}^2 float32 matmul (JAX): "
+             f"{'/'.join(map(str, rates))} GFLOP/s (per configuration).")  # fmt: skip
+    print("\n" + table + "\n\n" + notes)
+    if FLAGS.out:
+        report = {"command": " ".join(["python", *sys.argv]), "versions": versions(),
+                  "cpu": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                  "rows": rows, "table": table, "notes": notes}  # fmt: skip
+        files.atomic_write(FLAGS.out, json.dumps(report, indent=2), overwrite=True)
+        print(f"wrote {FLAGS.out}")
+    if any("error" in r for r in rows):
+        raise RuntimeError("some configurations failed (see the table)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

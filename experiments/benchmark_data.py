@@ -20,7 +20,9 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
+
+from panet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "TFDS data_dir with (or for) the synthetic set.")
@@ -61,11 +63,9 @@ def time_pipeline(cfg, data_dir: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")
+    from panet_jax import files
     from panet_jax.data import builders
     from panet_jax.data.pipeline import EpisodeConfig
 
@@ -103,10 +103,10 @@ def main(argv: list[str]) -> None:
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "tensorflow": tf.__version__,
         }  # fmt: skip
-        with open(FLAGS.out, "w") as f:
-            json.dump({"settings": meta, "results": rows}, f, indent=2)
+        report = json.dumps({"settings": meta, "results": rows}, indent=2)
+        files.atomic_write(FLAGS.out, report, overwrite=True)
         print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -43,9 +43,6 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def main(argv: list[str]) -> None:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep it off accelerators
 
     from panet_jax import evaluation, input_pipeline, loading, parallel
 

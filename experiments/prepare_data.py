@@ -50,9 +50,6 @@ flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
 def main(argv: list[str]) -> None:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
     from panet_jax.data import builders, hsnet_lists
 
     data_dir = os.path.expanduser(FLAGS.data_dir)

@@ -28,9 +28,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep it off accelerators
 
     from panet_jax import trainer
 

@@ -68,11 +68,30 @@ def _is_closed_loop_noise(unraisable: Any) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+class _SiblingWriteFailures(logging.Filter):
+    """Drops asyncio's "Future / Task exception was never retrieved" records of orbax's parallel
+    array writes: when one write fails (full disk), its siblings fail the same way and their
+    futures are never awaited; the first failure is already reported as
+    :class:`CheckpointWriteError`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        never_retrieved = ("Future exception was never retrieved", "Task exception was never")
+        if not record.getMessage().startswith(never_retrieved):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        text = str(exc) if exc is not None else record.getMessage()
+        return not ("orbax-checkpoint-tmp" in text or "OCDBT" in text)
+
+
 def _silence_closed_loop_callbacks() -> None:
     """After a failed orbax save / restore, tensorstore's still-running reads call back into
     the event loop orbax has closed; each callback's ``RuntimeError('Event loop is closed')``
     reaches ``sys.unraisablehook`` (dozens of tracebacks, no information). Drop exactly those,
-    once installed; every other unraisable exception goes to the previous hook."""
+    and the sibling write failures of :class:`_SiblingWriteFailures`, once installed; every
+    other unraisable exception goes to the previous hook."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SiblingWriteFailures) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_SiblingWriteFailures())
     previous = sys.unraisablehook
     if getattr(previous, "_panet_filter", False):
         return

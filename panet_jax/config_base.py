@@ -52,13 +52,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 1234
 
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "vgg16"
+    c.model.encoder = "vgg16"  # 'vgg16' (official) | 'resnet50' | 'resnet101' (layer3, OS 8)
     c.model.width = 1.0  # channel multiplier (1.0 = real VGG-16)
     c.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' | 'float64' (x64 checks)
     c.model.scale = 20.0  # cosine scaling alpha
     # ImageNet init: torchvision vgg16-397923af.pth, Keras VGG16 .h5, or a converted .npz.
     # '' = random init (kaiming normal, as the official code before its weight copy).
     c.model.pretrained = ""
+    # Encoder layers left untouched by training (optax masking): '' none, 'all', or a comma
+    # list of top-level layers ('conv1_1,conv1_2' for VGG-16; 'conv1,bn1,layer1' for ResNets).
+    c.model.frozen = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "pascal5i"  # 'pascal5i' | 'coco20i' | 'synthetic'
@@ -106,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.protocol = "panet"  # 'panet' (5 x 1000, trainaug pool) | 'hsnet' (VOC val lists)
     c.eval.runs = 5
-    c.eval.episodes = 1000
+    c.eval.episodes = 1000  # per run; protocol 'hsnet' also takes 0: every listed pair once
     c.eval.seed = 1234  # run r uses seed + r
     c.eval.support_annotation = "dense"  # 'dense' | 'scribble' | 'bbox'
     c.eval.per_device_batch = 1
@@ -116,6 +119,12 @@ def base_config() -> ml_collections.ConfigDict:
     # 'stateless': per-episode NumPy seeds (other episodes). The HSNet protocol ignores it.
     c.eval.sampler = "official"
     c.eval.split = ""  # TFDS split override ('' = protocol default: trainaug | val | test)
+    # Score at each query's raw label size (logits upsampled to it; HSNet use_original_imgsize,
+    # PFENet ori_resize) instead of at data.image_size (PANet).
+    c.eval.original_size = False
+    # PFENet / BAM small-object filter: images with fewer raw pixels of a class are no query or
+    # support of that class (they use 2 * 32 * 32 = 2048). 0 = off (PANet, HSNet).
+    c.eval.min_object_pixels = 0
     return c
 
 
@@ -132,7 +141,7 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
 # Validation: every key, one place, before any device or file work.
 # --------------------------------------------------------------------------------------------
 
-ENCODERS = ("vgg16",)
+ENCODERS = ("vgg16", "resnet50", "resnet101")
 DTYPES = ("float32", "bfloat16", "float64")
 PARALLEL_IMPLS = ("shard_map", "pmap")
 MIN_IMAGE_SIDE = 16  # three stride-2 pools leave 2 x 2 features
@@ -178,62 +187,98 @@ class _Checker:
             raise ValueError("invalid config: " + "; ".join(self.errors))
 
 
+def _check_model_and_data(c: _Checker, config: ml_collections.ConfigDict) -> None:
+    from panet_jax.data import folds  # pure Python
+
+    d = config.data
+    c.one_of("model.encoder", ENCODERS)
+    c.number("model.width", "a number in (0, 1]", lambda v: 0 < v <= 1)
+    c.one_of("model.dtype", DTYPES)
+    c.number("model.scale", "a positive number", lambda v: v > 0)
+    _check_frozen(c, config)
+    c.one_of("data.dataset", sorted(folds.NUM_CLASSES))
+    c.one_of("data.coco_split", folds.COCO_SPLITS)
+    n_folds = folds.FOLDS.get(d.dataset, folds.NUM_FOLDS)
+    c.require("data.fold", _is_int(d.fold) and 0 <= d.fold < n_folds,
+              f"an int in 0..{n_folds - 1}")  # fmt: skip
+    for key in ("n_shots", "n_queries", "n_ways"):
+        c.int_at_least(f"data.{key}", 1)
+    size = tuple(d.image_size) if isinstance(d.image_size, tuple | list) else ()
+    ok = all(_is_int(s) and MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE for s in size)
+    c.require("data.image_size", len(size) == 2 and ok,
+              f"(height, width) ints in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}")  # fmt: skip
+    c.one_of("parallel.impl", PARALLEL_IMPLS)
+    if not c.errors:
+        n_train = len(folds.train_classes(d.dataset, d.fold, d.coco_split))
+        expected = f"at most the {n_train} training classes of {d.dataset} fold {d.fold}"
+        c.require("data.n_ways", d.n_ways <= n_train, expected)
+
+
+def _check_frozen(c: _Checker, config: ml_collections.ConfigDict) -> None:
+    m = config.model
+    if not isinstance(m.frozen, str):
+        c.require("model.frozen", False, "a string: '', 'all' or a comma list of layers")
+    elif m.encoder in ENCODERS:
+        from panet_jax import encoders
+
+        try:
+            encoders.frozen_layers(m.encoder, m.frozen)
+        except ValueError as e:
+            c.errors.append(str(e))
+
+
+def _check_training(c: _Checker, config: ml_collections.ConfigDict) -> None:
+    c.require("model.frozen", str(config.model.frozen).strip() != "all",
+              "not 'all' for training: PANet's head has no parameters, so nothing would "
+              "train (freeze some layers, or evaluate the ImageNet encoder directly)")  # fmt: skip
+    for key in ("steps", "per_device_batch", "log_every", "checkpoint_every", "keep_checkpoints"):
+        c.int_at_least(f"train.{key}", 1)
+    c.int_at_least("train.image_every", 0)
+    c.number("train.par_weight", "a number >= 0", lambda v: v >= 0)
+    c.number("optim.lr", "a positive number", lambda v: v > 0)
+    c.number("optim.momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
+    c.number("optim.weight_decay", "a number >= 0", lambda v: v >= 0)
+    c.number("optim.gamma", "a positive number", lambda v: v > 0)
+    milestones = config.optim.milestones
+    c.require("optim.milestones", all(_is_int(m) and m >= 0 for m in milestones), "ints >= 0")
+
+
+def _check_evaluation(c: _Checker, config: ml_collections.ConfigDict) -> None:
+    from panet_jax.data import spec  # pure Python
+
+    d, e = config.data, config.eval
+    c.one_of("eval.protocol", spec.PROTOCOLS)
+    c.one_of("eval.support_annotation", spec.SUPPORT_ANNOTATIONS)
+    c.one_of("eval.sampler", spec.SAMPLERS)
+    for key in ("runs", "per_device_batch"):
+        c.int_at_least(f"eval.{key}", 1)
+    for key in ("num_images", "seed"):
+        c.int_at_least(f"eval.{key}", 0)
+    if "min_object_pixels" in e:  # configs saved before the option have no filter
+        c.int_at_least("eval.min_object_pixels", 0)
+    c.require("eval.original_size", isinstance(e.get("original_size", False), bool),
+              "True or False")  # fmt: skip
+    if e.protocol != "hsnet":
+        c.int_at_least("eval.episodes", 1)
+        return
+    c.require("eval.episodes", _is_int(e.episodes) and e.episodes >= 0,
+              "an int >= 0 (protocol 'hsnet': 0 = every pair of its list once)")  # fmt: skip
+    c.require("data.n_ways", d.n_ways == 1, "1 (protocol 'hsnet' is 1-way, 1 query)")
+    c.require("data.n_queries", d.n_queries == 1, "1 (protocol 'hsnet')")
+
+
 def validate(config: ml_collections.ConfigDict, *, train: bool, evaluate: bool) -> None:
     """Check every key a training run (``train``) and / or an evaluation (``evaluate``) uses.
 
     Raises ``ValueError`` listing each bad key as ``config.<key>=<value>: expected <what>``
     (``FileNotFoundError`` for a missing ``model.pretrained``). Touches no device and no data.
     """
-    from panet_jax.data import folds, spec  # pure Python
-
     c = _Checker(config)
-    d = config.data
-    c.one_of("model.encoder", ENCODERS)
-    c.number("model.width", "a number in (0, 1]", lambda v: 0 < v <= 1)
-    c.one_of("model.dtype", DTYPES)
-    c.number("model.scale", "a positive number", lambda v: v > 0)
-    c.one_of("data.dataset", sorted(folds.NUM_CLASSES))
-    c.one_of("data.coco_split", folds.COCO_SPLITS)
-    c.require("data.fold", _is_int(d.fold) and 0 <= d.fold < folds.NUM_FOLDS,
-              f"an int in 0..{folds.NUM_FOLDS - 1}")  # fmt: skip
-    for key in ("n_shots", "n_queries", "n_ways"):
-        c.int_at_least(f"data.{key}", 1)
-    size = tuple(d.image_size) if isinstance(d.image_size, tuple | list) else ()
-    c.require(
-        "data.image_size",
-        len(size) == 2 and all(_is_int(s) and MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE for s in size),
-        f"(height, width) ints in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}",
-    )
-    c.one_of("parallel.impl", PARALLEL_IMPLS)
-    if not c.errors and d.dataset in folds.NUM_CLASSES:
-        n_train = len(folds.train_classes(d.dataset, d.fold, d.coco_split))
-        expected = f"at most the {n_train} training classes of {d.dataset} fold {d.fold}"
-        c.require("data.n_ways", d.n_ways <= n_train, expected)
+    _check_model_and_data(c, config)
     if train:
-        for key in ("steps", "per_device_batch", "log_every", "checkpoint_every",
-                    "keep_checkpoints"):  # fmt: skip
-            c.int_at_least(f"train.{key}", 1)
-        c.int_at_least("train.image_every", 0)
-        c.number("train.par_weight", "a number >= 0", lambda v: v >= 0)
-        c.number("optim.lr", "a positive number", lambda v: v > 0)
-        c.number("optim.momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
-        c.number("optim.weight_decay", "a number >= 0", lambda v: v >= 0)
-        c.number("optim.gamma", "a positive number", lambda v: v > 0)
-        c.require("optim.milestones",
-                  all(_is_int(m) and m >= 0 for m in config.optim.milestones),
-                  "ints >= 0")  # fmt: skip
+        _check_training(c, config)
     if evaluate or (train and config.train.eval_after):
-        e = config.eval
-        c.one_of("eval.protocol", spec.PROTOCOLS)
-        c.one_of("eval.support_annotation", spec.SUPPORT_ANNOTATIONS)
-        c.one_of("eval.sampler", spec.SAMPLERS)
-        for key in ("runs", "episodes", "per_device_batch"):
-            c.int_at_least(f"eval.{key}", 1)
-        for key in ("num_images", "seed"):
-            c.int_at_least(f"eval.{key}", 0)
-        if e.protocol == "hsnet":
-            c.require("data.n_ways", d.n_ways == 1, "1 (protocol 'hsnet' is 1-way, 1 query)")
-            c.require("data.n_queries", d.n_queries == 1, "1 (protocol 'hsnet')")
+        _check_evaluation(c, config)
     c.raise_if_any()
     if config.model.dtype == "float64":
         import jax

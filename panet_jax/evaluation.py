@@ -157,6 +157,7 @@ class _Evaluation:
     variables: Any
     out_dir: Path | None
     names: Mapping[int, str]
+    test_classes: list[int]
     bar: Any
 
     @functools.cached_property
@@ -168,8 +169,6 @@ class _Evaluation:
         """Run ``r``: its episodes through the model, counts accumulated on the host."""
         e = self.config.eval
         seed = int(e.seed) + r
-        test_classes = folds.test_classes(self.config.data.dataset, int(self.config.data.fold),
-                                          self.config.data.coco_split)  # fmt: skip
         sampler, builder = run_sampler(self.config, seed)
         if self.out_dir is not None:
             audit += episode_records(sampler, r, seed, self.layout.episodes, e.support_annotation)
@@ -181,7 +180,7 @@ class _Evaluation:
             acc, pending = self.feed(batches, acc, n_images)
         if pending is not None:
             acc = _add(acc, pending)
-        return {"seed": seed, **reports.run_scores(acc, test_classes)}
+        return {"seed": seed, **reports.run_scores(acc, self.test_classes)}
 
     def feed(self, batches: Iterator, acc: reports.CountsTriple, n_images: int) -> tuple:
         """Every batch of a run through the model; counts are read one step late (so the
@@ -218,7 +217,10 @@ def _add(acc: reports.CountsTriple, counts: Mapping[str, metrics.Counts]) -> rep
     return {k: metrics.add(acc[k], host[k]) for k in acc}
 
 
-def _settings(config: ml_collections.ConfigDict, mesh: Mesh, info: Mapping[str, Any]) -> dict:
+def _settings(
+    config: ml_collections.ConfigDict, mesh: Mesh, test_classes: list[int],
+    info: Mapping[str, Any],
+) -> dict:  # fmt: skip
     d, e = config.data, config.eval
     ecfg = input_pipeline.episode_config(config, train=False)
     return {
@@ -228,7 +230,7 @@ def _settings(config: ml_collections.ConfigDict, mesh: Mesh, info: Mapping[str, 
         "protocol": e.protocol, "split": ecfg.resolved_split, "sampler": sampler_name(config),
         "episode_list": EPISODE_LIST, "support_annotation": e.support_annotation,
         "runs": int(e.runs), "episodes": int(e.episodes), "seed": int(e.seed),
-        "test_classes": folds.test_classes(d.dataset, int(d.fold), d.coco_split),
+        "test_classes": test_classes,
         "devices": int(mesh.devices.size), "processes": jax.process_count(),
         "per_device_batch": int(e.per_device_batch), "model": config.model.to_dict(),
         **dict(info),
@@ -261,6 +263,9 @@ def evaluate(
     """
     validate_config(config)
     e, is_main = config.eval, jax.process_index() == 0
+    sampler, builder = run_sampler(config, int(e.seed))  # opens the data: errors come first
+    test_classes = sorted(int(c) for c in sampler.pool)
+    names = reports.class_names(config.data.dataset, builder.info.metadata)
     mesh = parallel.make_mesh()
     layout = Layout(int(e.episodes), len(mesh.local_devices) * int(e.per_device_batch),
                     jax.process_count())  # fmt: skip
@@ -271,16 +276,14 @@ def evaluate(
     total = layout.episodes * int(e.runs)
     with tqdm(total=total, unit="ep", desc="eval", file=sys.stderr,
               disable=not (progress and is_main), mininterval=15.0) as bar:  # fmt: skip
-        ev = _Evaluation(config, mesh, layout,
-                         parallel.replicate(loading.as_panet_variables(variables), mesh),
-                         out_dir, reports.class_names(config.data.dataset), bar)  # fmt: skip
+        variables = parallel.replicate(loading.as_panet_variables(variables), mesh)
+        ev = _Evaluation(config, mesh, layout, variables, out_dir, names, test_classes, bar)
         t0, audit = time.perf_counter(), []
         runs = [ev.run(r, audit) for r in range(int(e.runs))]
         seconds = time.perf_counter() - t0
-    test_classes = _settings(config, mesh, {})["test_classes"]
-    results = reports.summarize(runs, test_classes, ev.names)
+    results = reports.summarize(runs, test_classes, names)
     results.update(runs=runs, seconds=seconds, episodes_per_s=total / max(seconds, 1e-9),
-                   settings=_settings(config, mesh, info or {}),
+                   settings=_settings(config, mesh, test_classes, info or {}),
                    output_dir=None if out_dir is None else str(out_dir))  # fmt: skip
     if is_main:
         print(reports.markdown_tables(results), flush=True)

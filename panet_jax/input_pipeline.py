@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 def episode_config(config: ml_collections.ConfigDict, *, train: bool) -> Any:
     """The pipeline's ``EpisodeConfig``: training episodes (the fold's training classes, flips,
-    dense supports) or test episodes (test classes, no flips, ``config.eval`` annotation and
-    sampler; the HSNet protocol walks its list, so it has no draw to replay)."""
+    dense supports) or test episodes (test classes, no flips, ``config.eval`` annotation,
+    sampler and small-object filter; the HSNet protocol walks its list, so it has no draw to
+    replay)."""
     from panet_jax.data import pipeline  # TensorFlow
 
     d, e = config.data, config.eval
@@ -42,6 +43,7 @@ def episode_config(config: ml_collections.ConfigDict, *, train: bool) -> Any:
         support_annotation=e.support_annotation,
         split=e.get("split") or None,
         sampler=e.sampler if e.protocol == "panet" else "stateless",
+        min_object_pixels=int(e.get("min_object_pixels", 0)),
         **common,
     )
 

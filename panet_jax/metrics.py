@@ -1,8 +1,8 @@
 """Few-shot segmentation metrics: the official PANet mIoU / FB-IoU and a stricter variant.
 
-Official rule (kaixin96/PANet ``util/metric.py`` ``Metric.record``; ``panet_official.md`` Sec. 5
-and Sec. 10 item 12). For every query, for ``j`` in ``[0, 1, ..., N]`` (episode label ``j``
-stands for dataset class ``labels[j]`` with ``labels = [0] + class_ids``):
+Official rule (kaixin96/PANet ``util/metric.py`` ``Metric.record``). For every query, for ``j``
+in ``[0, 1, ..., N]`` (episode label ``j`` stands for dataset class ``labels[j]`` with
+``labels = [0] + class_ids``):
 
 * predicted set ``= (pred == j) & (target != 255)``; target set ``= (target == j)``;
 * TP / FP / FN of class ``labels[j]`` are recorded **only if the target contains ``j``**
@@ -25,7 +25,7 @@ official metric.
 
 Per-episode counts are jit-able JAX functions returning :class:`Counts`, arrays indexed by
 dataset class id (shape ``[num_classes + 1]``, index 0 = background); the host-side
-:class:`Accumulator` sums them in int64 and the ``*_iou`` functions turn sums into scores.
+:func:`add` sums them in int64 and the ``*_iou`` functions turn sums into scores.
 """
 
 from __future__ import annotations
@@ -143,27 +143,6 @@ def batch_counts(
 # --------------------------------------------------------------------------------------------
 
 
-class Accumulator:
-    """Sums :class:`Counts` of many episodes (int64, on the host)."""
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-        self.counts = zeros(num_classes)
-
-    def add(self, counts: Counts) -> None:
-        """Add counts (``[num_classes + 1]`` arrays, JAX or NumPy)."""
-        self.counts = add(self.counts, counts)
-
-    def class_iou(self, classes: Sequence[int]) -> np.ndarray:
-        return class_iou(self.counts, classes)
-
-    def mean_iou(self, classes: Sequence[int]) -> float:
-        return mean_iou(self.counts, classes)
-
-    def fb_iou(self) -> float:
-        return fb_iou(self.counts)
-
-
 def add(a: Counts, b: Counts) -> Counts:
     """Element-wise int64 sum of two :class:`Counts`."""
     return Counts(
@@ -183,12 +162,6 @@ def class_iou(counts: Counts, classes: Sequence[int]) -> np.ndarray:
     recorded pixels (the official ``0 / 0``)."""
     idx = np.asarray(classes, np.int64)
     return _iou(np.asarray(counts.tp)[idx], np.asarray(counts.fp)[idx], np.asarray(counts.fn)[idx])
-
-
-def mean_iou(counts: Counts, classes: Sequence[int]) -> float:
-    """Mean of :func:`class_iou` over ``classes`` (the fold's test classes). NaN propagates
-    (as in the official ``mean``) so that a class never seen is visible."""
-    return float(np.mean(class_iou(counts, classes)))
 
 
 def binary_iou(counts: Counts) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """Pure PANet operations: masked average pooling, prototypes, cosine scoring, PAR.
 
 Every function here is pure, ``jax.jit``-able and ``jax.vmap``-able, and follows the
-official PyTorch code (kaixin96/PANet, ``models/fewshot.py``) number for number; see
-``shared/reference/panet_official.md`` sections 2, 3 and 10.
+official PyTorch code (kaixin96/PANet, ``models/fewshot.py``: ``getFeatures``,
+``getPrototype``, ``calDist``, ``alignLoss``) number for number, the paper's Eq. 1-4 and the
+prototype alignment of its Sec. 3.3.
 
 Shape letters: ``N`` ways, ``K`` shots, ``Q`` queries, ``C`` feature channels,
 ``h x w`` feature resolution, ``H x W`` image (mask) resolution, ``P`` prototypes.
@@ -175,7 +176,7 @@ def query_scores(
     return cosine_logits(query_features, protos, scale)
 
 
-def predict(logits: Array) -> Array:
+def hard_labels(logits: Array) -> Array:
     """Hard segmentation ``[..., H, W]`` from logits ``[..., H, W, 1 + N]`` (0 = background)."""
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 

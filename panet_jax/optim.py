@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import ml_collections
 import optax
+from flax import traverse_util
 
 
 def lr_schedule(lr: float, milestones: Sequence[int], gamma: float) -> optax.Schedule:
@@ -45,6 +46,30 @@ def schedule_from_config(optim: ml_collections.ConfigDict) -> optax.Schedule:
     return lr_schedule(optim.lr, optim.milestones, optim.gamma)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimiser of ``config.optim`` (keys lr, momentum, weight_decay, milestones, gamma)."""
-    return pytorch_sgd(schedule_from_config(optim), optim.momentum, optim.weight_decay)
+def freeze_encoder_layers(
+    tx: optax.GradientTransformation, frozen: Sequence[str]
+) -> optax.GradientTransformation:
+    """``tx`` on every param except ``params['encoder'][layer]`` for ``layer`` in ``frozen``,
+    whose updates are exactly zero (``optax.set_to_zero`` under ``optax.multi_transform``: no
+    weight decay, no momentum state), so those params stay bit-identical."""
+    if not frozen:
+        return tx
+    frozen = frozenset(frozen)
+
+    def labels(params):
+        def label(path: tuple[str, ...], _) -> str:
+            is_frozen = len(path) > 1 and path[0] == "encoder" and path[1] in frozen
+            return "frozen" if is_frozen else "trained"
+
+        return traverse_util.path_aware_map(label, params)
+
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, frozen: Sequence[str] = ()
+) -> optax.GradientTransformation:
+    """The optimiser of ``config.optim`` (keys lr, momentum, weight_decay, milestones, gamma),
+    leaving the encoder layers ``frozen`` untouched."""
+    tx = pytorch_sgd(schedule_from_config(optim), optim.momentum, optim.weight_decay)
+    return freeze_encoder_layers(tx, frozen)

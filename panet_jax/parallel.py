@@ -27,8 +27,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from panet_jax import xla_options
+
 BATCH_AXIS = "batch"
 HostStep = Callable[[Any, dict[str, np.ndarray]], tuple[Any, dict[str, jax.Array]]]
+Options = dict[str, Any] | None
+
+
+def _options(kind: str, platform: str, given: Options) -> Options:
+    """``given`` if not None (``{}``: XLA's own defaults), else the per-executable options of
+    :func:`panet_jax.xla_options.compiler_options` for ``kind`` on ``platform``."""
+    if given is not None:
+        return given or None
+    return xla_options.compiler_options(kind, platform)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -80,26 +91,61 @@ def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(BATCH_AXIS)))
 
 
-def on_batch(fn: Callable[..., Any], mesh: Mesh, n_batched: int, out_specs: Any) -> Callable:
+def on_batch(
+    fn: Callable[..., Any],
+    mesh: Mesh,
+    n_batched: int,
+    out_specs: Any,
+    compiler_options: Options = None,
+) -> Callable:
     """``jit(shard_map(fn))`` for ``fn(replicated, *batched)``: the first argument replicated,
-    the next ``n_batched`` split over ``'batch'``."""
+    the next ``n_batched`` split over ``'batch'``. ``compiler_options``: None = the ``'eval'``
+    ones of :mod:`panet_jax.xla_options`, ``{}`` = XLA's defaults."""
     in_specs = (P(), *(P(BATCH_AXIS),) * n_batched)
-    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
+    options = _options("eval", mesh.devices.flat[0].platform, compiler_options)
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    return jax.jit(mapped, compiler_options=options)
 
 
-def shard_map_step(step: Callable, mesh: Mesh) -> Callable:
+def shard_map_step(step: Callable, mesh: Mesh, compiler_options: Options = None) -> Callable:
     """``jit(shard_map(step))``: (replicated state, global ``'batch'``-sharded batch) ->
-    (replicated state, replicated metrics); the input state is donated."""
+    (replicated state, replicated metrics); the input state is donated. ``compiler_options``:
+    None = the ``'train'`` ones of :mod:`panet_jax.xla_options`, ``{}`` = XLA's defaults."""
     mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
-    return jax.jit(mapped, donate_argnums=0)
+    options = _options("train", mesh.devices.flat[0].platform, compiler_options)
+    return jax.jit(mapped, donate_argnums=0, compiler_options=options)
 
 
-def pmap_step(step: Callable) -> Callable:
-    """Literal ``jax.pmap`` over the local devices: batch ``[local_devices, per_device, ...]``,
-    state and outputs unmapped (``in_axes=None`` / ``out_axes=None``); the state is donated."""
-    return jax.pmap(
-        step, axis_name=BATCH_AXIS, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,)
+def pmap_step(
+    step: Callable, devices: Sequence[jax.Device] | None = None, compiler_options: Options = None
+) -> Callable:
+    """Literal ``jax.pmap`` over ``devices`` (default: the local devices): batch
+    ``[devices, per_device, ...]``, state and outputs unmapped (``in_axes=None`` /
+    ``out_axes=None``); the state is donated. ``compiler_options`` as :func:`shard_map_step`;
+    ``jax.pmap`` takes none, so with options it is lowered and compiled on each new argument
+    signature (single-process only: a multi-process pmap keeps XLA's defaults)."""
+    pmapped = jax.pmap(
+        step,
+        axis_name=BATCH_AXIS,
+        in_axes=(None, 0),
+        out_axes=(None, None),
+        donate_argnums=(0,),
+        devices=None if devices is None else list(devices),
     )
+    platform = (next(iter(devices)) if devices else jax.local_devices()[0]).platform
+    options = _options("train", platform, compiler_options)
+    if options is None or jax.process_count() > 1:
+        return pmapped
+    compiled: dict[Any, Any] = {}
+
+    def call(*args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        if key not in compiled:
+            compiled[key] = pmapped.lower(*args).compile(options)
+        return compiled[key](*args)
+
+    return call
 
 
 def make_parallel_step(step: Callable, impl: str, mesh: Mesh) -> HostStep:
@@ -153,10 +199,3 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         kwargs["process_id"] = p.process_id
     jax.distributed.initialize(**kwargs)
 
-
-def __getattr__(name: str) -> Any:  # until panet_jax.aot moves to panet_jax.steps
-    if name == "make_train_step":
-        from panet_jax import steps
-
-        return steps.make_train_step
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

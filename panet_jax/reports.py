@@ -27,8 +27,11 @@ EPISODE_LIST = "episodes.jsonl"  # the audit trail: one line per episode with it
 RESULT_FILES = ("results.json", "results.md", EPISODE_LIST)
 
 
-def class_names(dataset: str) -> dict[int, str]:
-    """``{class id: name}`` where names are known (VOC, synthetic), else ``'class <id>'``."""
+def class_names(dataset: str, metadata: Mapping[str, Any] | None = None) -> dict[int, str]:
+    """``{class id: name}`` where names are known (VOC, synthetic, a prepared dataset's
+    ``metadata['class_names']``, e.g. FSS-1000), else ``'class <id>'``."""
+    if metadata and metadata.get("class_names"):
+        return {i + 1: str(n) for i, n in enumerate(metadata["class_names"])}
     if dataset == "pascal5i":
         return {i + 1: n for i, n in enumerate(folds.VOC_CLASS_NAMES)}
     if dataset == "synthetic":

@@ -68,9 +68,9 @@ def make_train_step(
     return train_step
 
 
-def predict_step(state: TrainState, batch: Batch) -> jax.Array:
+def labels_step(state: TrainState, batch: Batch) -> jax.Array:
     """``[B, Q, H, W]`` argmax predictions of this device's episodes (no collective)."""
-    return ops.predict(state.apply_fn({"params": state.params}, batch)["logits"])
+    return ops.hard_labels(state.apply_fn({"params": state.params}, batch)["logits"])
 
 
 def make_eval_step(
@@ -84,7 +84,7 @@ def make_eval_step(
     """
 
     def eval_step(variables: Any, batch: Batch, valid: jax.Array):
-        pred = ops.predict(model.apply(variables, batch)["logits"])
+        pred = ops.hard_labels(model.apply(variables, batch)["logits"])
         labels, ids = batch["query_labels"], batch["class_ids"]
 
         def counts(p: jax.Array, strict: bool = False) -> metrics.Counts:

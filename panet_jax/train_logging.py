@@ -46,6 +46,8 @@ def tensorboard_writer(workdir: str, enabled: bool = True) -> Any:
     the log, and a second copy of every scalar in it would only be noise."""
     from clu import metric_writers  # imports TensorFlow
 
+    from panet_jax import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
+
     sinks = [metric_writers.SummaryWriter(workdir)] if enabled else []
     return metric_writers.AsyncMultiWriter(sinks)
 

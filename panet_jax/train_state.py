@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import struct
 from flax.training import train_state
 
-from panet_jax import optim
+from panet_jax import encoders, optim
 from panet_jax.model import PANet
-from panet_jax.models.vgg import VGG16Encoder
 
 # Compute dtype -> (compute, param) dtypes. float64 is for exactness checks (needs x64).
 _DTYPES = {
@@ -23,33 +24,46 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 
 
 class TrainState(train_state.TrainState):
-    """``step``, ``params`` (the PANet ``'params'`` collection), ``opt_state``; ``apply_fn``
-    and ``tx`` are static. Training draws no randomness (no dropout): the data order is a pure
-    function of ``(seed, step)``, so ``step`` is the whole loop position."""
+    """``step``, ``params`` (the PANet ``'params'`` collection), ``opt_state`` and
+    ``batch_stats`` (the frozen BatchNorm statistics of a ResNet encoder, never updated;
+    ``{}`` for VGG-16); ``apply_fn`` and ``tx`` are static. Training draws no randomness (no
+    dropout): the data order is a pure function of ``(seed, step)``, so ``step`` is the whole
+    loop position."""
+
+    batch_stats: Any = struct.field(default_factory=dict)
+
+    def variables(self, params: Any = None) -> dict[str, Any]:
+        """The model variables: ``params`` (default: the state's) and the batch statistics."""
+        params = self.params if params is None else params
+        return {"params": params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
 
 def build_model(config: ml_collections.ConfigDict) -> PANet:
-    """``PANet(VGG16Encoder(width, dtype), scale)`` of ``config.model``."""
+    """``PANet(encoder, scale)`` of ``config.model`` (encoder, width, dtype, scale)."""
     m = config.model
-    if m.encoder != "vgg16":
-        raise ValueError(f"config.model.encoder={m.encoder!r}: only 'vgg16' is implemented")
     if m.dtype not in _DTYPES:
         raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
     dtype, param_dtype = _DTYPES[m.dtype]
-    encoder = VGG16Encoder(width=m.width, dtype=dtype, param_dtype=param_dtype)
+    encoder = encoders.build_encoder(m.encoder, m.width, dtype, param_dtype)
     return PANet(encoder=encoder, scale=m.scale)
 
 
-def _state_from_params(config: ml_collections.ConfigDict, params: Any) -> TrainState:
+def _state_from_variables(config: ml_collections.ConfigDict, variables: Any) -> TrainState:
     model = build_model(config)
-    tx = optim.make_optimizer(config.optim)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    frozen = encoders.frozen_layers(config.model.encoder, config.model.frozen)
+    tx = optim.make_optimizer(config.optim, frozen)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
 
 
 def _random_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
     d = config.data
     variables = build_model(config).init_params(rng, tuple(d.image_size), d.n_ways, d.n_shots)
-    return _state_from_params(config, variables["params"])
+    return _state_from_variables(config, variables)
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
@@ -62,13 +76,23 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
     state = init.compile(options)(rng)
     if config.model.pretrained:
-        from panet_jax import pretrained  # needs torch/h5py only on this path
-
-        encoder = pretrained.load_pretrained(config.model.pretrained, width=config.model.width)
-        variables = pretrained.merge_encoder_params({"params": state.params}, encoder)
-        params = jax.tree.map(jnp.asarray, variables["params"])
-        state = _state_from_params(config, params)
+        m = config.model
+        weights = encoders.load_weights(m.pretrained, m.encoder, m.width)
+        variables = merge_encoder(state.variables(), weights)
+        state = _state_from_variables(config, jax.tree.map(jnp.asarray, variables))
     return state
+
+
+def merge_encoder(variables: Mapping[str, Any], encoder: Mapping[str, Any]) -> dict[str, Any]:
+    """PANet ``variables`` with the encoder's replaced by ``encoder`` (``{'params', ...}``),
+    cast to the model's dtypes; every tree and shape must match the model's."""
+    if "batch_stats" in encoder:
+        from panet_jax.models import resnet_weights
+
+        return resnet_weights.merge_encoder_variables(variables, encoder)
+    from panet_jax import pretrained
+
+    return pretrained.merge_encoder_params(variables, encoder["params"])
 
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:

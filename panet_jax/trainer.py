@@ -110,7 +110,7 @@ class _Run:
 
     @functools.cached_property
     def predict(self) -> Any:
-        return parallel.on_batch(steps.predict_step, self.mesh, 1, P(parallel.BATCH_AXIS))
+        return parallel.on_batch(steps.labels_step, self.mesh, 1, P(parallel.BATCH_AXIS))
 
     def write_images(self, step: int, state: ts.TrainState, batch: dict[str, np.ndarray]) -> None:
         """A panel of the first episode of this host's batch and its prediction."""

@@ -59,30 +59,7 @@ def _image_from_file(path: PathLike, name: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def _image_from_array(
-    x: np.ndarray, name: str, value_range: tuple[float, float] | None
-) -> np.ndarray:
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim == 2:
-        x = np.stack([x] * 3, axis=-1)
-    if x.ndim != 3 or x.shape[-1] != 3 or min(x.shape[:2]) < 1:
-        raise ValueError(f"{name}: expected an RGB image [H, W, 3] or grey [H, W], got {x.shape}")
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype == np.bool_:
-        raise ValueError(f"{name}: a boolean array is a mask, not an image")
-    if np.issubdtype(x.dtype, np.integer):
-        if x.dtype == np.uint16:
-            return _scale_16bit(x, name)
-        if x.min() < 0 or x.max() > 255:
-            raise ValueError(
-                f"{name}: integer pixel values must lie in 0..255 (got {x.min()}..{x.max()} as "
-                f"{x.dtype}); pass uint16 for 16-bit images"
-            )
-        return x.astype(np.uint8)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: unsupported pixel dtype {x.dtype}")
+def _float_image(x: np.ndarray, name: str, value_range: tuple[float, float] | None) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: the image contains NaN or infinite values")
     if value_range is None:
@@ -100,6 +77,37 @@ def _image_from_array(
     return np.round(x.astype(np.float64) * (255.0 / hi)).astype(np.uint8)
 
 
+def _integer_image(x: np.ndarray, name: str) -> np.ndarray:
+    if x.dtype == np.uint16:
+        return _scale_16bit(x, name)
+    if x.min() < 0 or x.max() > 255:
+        raise ValueError(
+            f"{name}: integer pixel values must lie in 0..255 (got {x.min()}..{x.max()} as "
+            f"{x.dtype}); pass uint16 for 16-bit images"
+        )
+    return x.astype(np.uint8)
+
+
+def _image_from_array(
+    x: np.ndarray, name: str, value_range: tuple[float, float] | None
+) -> np.ndarray:
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim == 2:
+        x = np.stack([x] * 3, axis=-1)
+    if x.ndim != 3 or x.shape[-1] != 3 or min(x.shape[:2]) < 1:
+        raise ValueError(f"{name}: expected an RGB image [H, W, 3] or grey [H, W], got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.bool_:
+        raise ValueError(f"{name}: a boolean array is a mask, not an image")
+    if np.issubdtype(x.dtype, np.integer):
+        return _integer_image(x, name)
+    if np.issubdtype(x.dtype, np.floating):
+        return _float_image(x, name, value_range)
+    raise ValueError(f"{name}: unsupported pixel dtype {x.dtype}")
+
+
 def load_image(
     image: ImageInput, name: str = "image", value_range: tuple[float, float] | None = None
 ) -> np.ndarray:
@@ -115,6 +123,31 @@ def load_image(
     return _image_from_array(np.asarray(image), name, value_range)
 
 
+def _mask_from_file(path: PathLike, name: str) -> np.ndarray:
+    img = open_image_file(path, name)
+    if img.mode == "F":
+        raise ValueError(f"{name}: {os.fspath(path)!r} is a floating-point image, not a mask")
+    x = np.asarray(img)
+    if img.mode in ("LA", "PA"):  # drop the alpha channel
+        return x[..., 0]
+    return x[..., :3] if img.mode == "RGBA" else x
+
+
+def _mask_from_array(mask: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(mask)
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name}: the mask contains NaN or infinite values")
+        if not np.all((x == 0) | (x == 1)):
+            raise ValueError(
+                f"{name}: a float mask must hold only 0 and 1 (got values "
+                f"{x.min():.3g}..{x.max():.3g}); pass a boolean mask, e.g. mask > 0.5"
+            )
+    elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        raise ValueError(f"{name}: unsupported mask dtype {x.dtype}")
+    return x
+
+
 def load_mask(mask: ImageInput, name: str = "mask", mask_value: int | None = None) -> np.ndarray:
     """A bool ``[H, W]`` foreground mask from a file path or an array.
 
@@ -123,26 +156,9 @@ def load_mask(mask: ImageInput, name: str = "mask", mask_value: int | None = Non
     arrays must hold only 0 and 1 (a soft mask is refused: threshold it first).
     """
     if isinstance(mask, (str, os.PathLike)):
-        img = open_image_file(mask, name)
-        x = np.asarray(img)
-        if img.mode in ("LA", "PA"):  # drop the alpha channel
-            x = x[..., 0]
-        elif img.mode == "RGBA":
-            x = x[..., :3]
-        elif img.mode == "F":
-            raise ValueError(f"{name}: {os.fspath(mask)!r} is a floating-point image, not a mask")
+        x = _mask_from_file(mask, name)
     else:
-        x = np.asarray(mask)
-        if np.issubdtype(x.dtype, np.floating):
-            if not np.all(np.isfinite(x)):
-                raise ValueError(f"{name}: the mask contains NaN or infinite values")
-            if not np.all((x == 0) | (x == 1)):
-                raise ValueError(
-                    f"{name}: a float mask must hold only 0 and 1 (got values "
-                    f"{x.min():.3g}..{x.max():.3g}); pass a boolean mask, e.g. mask > 0.5"
-                )
-        elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-            raise ValueError(f"{name}: unsupported mask dtype {x.dtype}")
+        x = _mask_from_array(mask, name)
     if x.ndim == 3 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim not in (2, 3) or min(x.shape[:2]) < 1:

@@ -1,8 +1,7 @@
 """Overlay images of episodes and predictions (NumPy + PIL only).
 
 Shared by the evaluator (prediction PNGs), ``experiments/segment.py`` (overlays of a user's
-images) and the trainer (TensorBoard images: :func:`episode_panels` gives ``[B, h, w, 3]``
-uint8, ready for ``writer.write_images``).
+images) and the trainer (TensorBoard images of :func:`episode_panel`).
 
 Label maps are in *episode* label space (0 = background, ``n + 1`` = way ``n``, 255 = ignore).
 """
@@ -169,27 +168,6 @@ def episode_panel(
         pr = _tile_caption(overlay(qry[q], prediction[q], alpha), "prediction" if captions else "")
         rows.append([gt, pr])
     return grid(rows)
-
-
-def episode_panels(
-    batch: Mapping[str, np.ndarray],
-    predictions: np.ndarray,
-    max_images: int | None = None,
-    **kwargs,
-) -> np.ndarray:
-    """:func:`episode_panel` of the first ``max_images`` episodes of a batch.
-
-    Args:
-      batch: batched episodes (leading ``B``); predictions: ``[B, Q, H, W]``.
-    Returns:
-      ``[min(B, max_images), h, w, 3]`` uint8 (for TensorBoard ``write_images``).
-    """
-    b = np.shape(predictions)[0] if max_images is None else min(max_images, len(predictions))
-    panels = [
-        episode_panel({k: np.asarray(v)[i] for k, v in batch.items()}, predictions[i], **kwargs)
-        for i in range(b)
-    ]
-    return np.stack(panels) if panels else np.zeros((0, 1, 1, 3), np.uint8)
 
 
 def save_png(

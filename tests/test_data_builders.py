@@ -83,11 +83,14 @@ def test_voc_index_metadata(voc):
         "val"
     ]["classes"]
     assert "class_order" not in builder.info.metadata["splits"]["val"]  # no val/class*.txt
-    from panet_jax.data.pipeline import SplitIndex
-
-    scanned = SplitIndex.from_source(builder, "val")  # the fallback without metadata
-    assert list(scanned.ids) == [im.image_id for im in tree.val]
-    assert [list(c) for c in scanned.classes] == builder.info.metadata["splits"]["val"]["classes"]
+    # The index equals the examples' own `id` / `classes` features, read back from the data.
+    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "mask", "instances", "scribble")}
+    source = builder.as_data_source("val", decoders=skip)
+    examples = [source[i] for i in range(len(source))]
+    assert [ex["id"].decode() for ex in examples] == [im.image_id for im in tree.val]
+    assert [[int(c) for c in ex["classes"]] for ex in examples] == builder.info.metadata["splits"][
+        "val"
+    ]["classes"]
 
 
 def test_voc_without_optional_folders(tmp_path):

@@ -288,11 +288,11 @@ def test_predict():
     supp, qry, fg, bg = _episode(31, 2, 1, 2)
     _, logits = ref.episode_forward(supp, fg, bg, qry)
     assert _argmax_margin(logits) > 1e-4
-    got = ops.predict(jnp.asarray(logits, jnp.float32))
+    got = ops.hard_labels(jnp.asarray(logits, jnp.float32))
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
     # Ties resolve to the lowest index (background first), as torch.argmax / np.argmax do.
-    np.testing.assert_array_equal(ops.predict(jnp.zeros((2, 3, 3))), np.zeros((2, 3)))
+    np.testing.assert_array_equal(ops.hard_labels(jnp.zeros((2, 3, 3))), np.zeros((2, 3)))
 
 
 # ------------------------------------------------------------------------------------------

@@ -60,6 +60,31 @@ def _check_pair(image: Any, label: Any, name: str) -> tuple[np.ndarray, np.ndarr
     return image, label
 
 
+def _check_counts(
+    support_images: Sequence[Sequence[Any]], support_labels: Sequence[Sequence[Any]],
+    ids: np.ndarray, query_images: Sequence[Any], query_labels: Sequence[Any] | None,
+) -> tuple[int, int]:  # fmt: skip
+    """``(N, K)`` of :func:`make_episode`'s arguments, or ``ValueError`` naming the argument."""
+    n_ways = len(ids)
+    if n_ways < 1 or len(set(ids.tolist())) != n_ways:
+        raise ValueError(f"class_ids: expected distinct class ids, one per way, got {ids.tolist()}")
+    if len(support_images) != n_ways or len(support_labels) != n_ways:
+        raise ValueError(
+            f"support_images / support_labels: expected {n_ways} ways (one per class id), got "
+            f"{len(support_images)} / {len(support_labels)}"
+        )
+    n_shots = len(support_images[0])
+    if n_shots < 1 or any(len(w) != n_shots for w in (*support_images, *support_labels)):
+        raise ValueError("support_images / support_labels: every way needs the same K >= 1 shots")
+    if not query_images:
+        raise ValueError("query_images: expected at least one query image")
+    if query_labels is not None and len(query_labels) != len(query_images):
+        raise ValueError(
+            f"query_labels: got {len(query_labels)} label maps for {len(query_images)} queries"
+        )
+    return n_ways, n_shots
+
+
 def make_episode(
     support_images: Sequence[Sequence[np.ndarray]],
     support_labels: Sequence[Sequence[np.ndarray]],
@@ -86,23 +111,8 @@ def make_episode(
     """
     size = (int(image_size[0]), int(image_size[1]))
     ids = np.asarray(class_ids, np.int32)
-    n_ways = len(ids)
-    if n_ways < 1 or len(set(ids.tolist())) != n_ways:
-        raise ValueError(f"class_ids: expected distinct class ids, one per way, got {class_ids}")
-    if len(support_images) != n_ways or len(support_labels) != n_ways:
-        raise ValueError(
-            f"support_images / support_labels: expected {n_ways} ways (one per class id), got "
-            f"{len(support_images)} / {len(support_labels)}"
-        )
-    n_shots = len(support_images[0])
-    if n_shots < 1 or any(len(w) != n_shots for w in (*support_images, *support_labels)):
-        raise ValueError("support_images / support_labels: every way needs the same K >= 1 shots")
-    if not query_images:
-        raise ValueError("query_images: expected at least one query image")
-    if query_labels is not None and len(query_labels) != len(query_images):
-        raise ValueError(
-            f"query_labels: got {len(query_labels)} label maps for {len(query_images)} queries"
-        )
+    n_ways, n_shots = _check_counts(support_images, support_labels, ids, query_images,
+                                    query_labels)  # fmt: skip
 
     def prepare(image: Any, label: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
         image, label = _check_pair(image, label, name)

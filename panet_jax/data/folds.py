@@ -9,14 +9,20 @@ Class ids are 1-based and equal the label values stored in the prepared masks:
   ``coco_split='interleaved'``: fold ``i`` tests ``{i+1, i+5, ..., i+77}`` (FWB / PFENet / HSNet
   "COCO-20i").
 * ``synthetic``: 20 classes, fold ``i`` tests ``{5i+1 .. 5i+5}``.
+* ``fss1000``: one fold, HSNet's class split (juhongm999/hsnet ``data/splits/fss``): training
+  classes 1..520, validation 521..760, test 761..1000 (HSNet's class index + 1). A prepared
+  dataset states its own split (``metadata['split_classes']``), which the episode sampler uses.
 
-Training classes are all the other classes of the dataset.
+Training classes are all the other classes of the dataset (FSS-1000: the training split's).
 """
 
 from __future__ import annotations
 
-NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20}
+NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20, "fss1000": 1000}
 NUM_FOLDS = 4
+FOLDS = {"pascal5i": NUM_FOLDS, "coco20i": NUM_FOLDS, "synthetic": NUM_FOLDS, "fss1000": 1}
+# HSNet's FSS-1000 class split sizes: training, validation and test classes, in id order.
+FSS1000_SPLIT_SIZES = {"train": 520, "val": 240, "test": 240}
 COCO_SPLITS = ("panet", "interleaved")
 
 VOC_CLASS_NAMES = (
@@ -29,9 +35,10 @@ VOC_CLASS_NAMES = (
 def _check(dataset: str, fold: int, coco_split: str) -> None:
     if dataset not in NUM_CLASSES:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(NUM_CLASSES)}")
-    if not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
+    if not isinstance(fold, int) or not 0 <= fold < FOLDS[dataset]:
         raise ValueError(
-            f"fold {fold!r} is out of range for {dataset}: expected an int in 0..{NUM_FOLDS - 1}"
+            f"fold {fold!r} is out of range for {dataset}: expected an int in "
+            f"0..{FOLDS[dataset] - 1}"
         )
     if coco_split not in COCO_SPLITS:
         raise ValueError(f"unknown coco_split {coco_split!r}; expected one of {COCO_SPLITS}")
@@ -46,6 +53,8 @@ def all_classes(dataset: str) -> list[int]:
 def test_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int]:
     """Sorted held-out class ids of ``fold`` (5 for PASCAL/synthetic, 20 for COCO)."""
     _check(dataset, fold, coco_split)
+    if dataset == "fss1000":
+        return fss1000_split_classes("test")
     if dataset == "coco20i" and coco_split == "interleaved":
         return list(range(fold + 1, 81, 4))
     n = NUM_CLASSES[dataset] // NUM_FOLDS
@@ -53,13 +62,25 @@ def test_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int
 
 
 def train_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int]:
-    """Sorted training class ids of ``fold`` (all classes minus :func:`test_classes`)."""
+    """Sorted training class ids of ``fold`` (all classes minus :func:`test_classes`;
+    FSS-1000: the training split's classes)."""
+    if dataset == "fss1000":
+        _check(dataset, fold, coco_split)
+        return fss1000_split_classes("train")
     held_out = set(test_classes(dataset, fold, coco_split))
     return [c for c in all_classes(dataset) if c not in held_out]
 
 
-# The call is not a test; keep pytest from collecting it when a test module imports it.
-test_classes.__test__ = False  # type: ignore[attr-defined]
+def fss1000_split_classes(split: str) -> list[int]:
+    """Class ids of an FSS-1000 split under HSNet's 520 / 240 / 240 split."""
+    start = 1
+    for name, size in FSS1000_SPLIT_SIZES.items():
+        if name == split:
+            return list(range(start, start + size))
+        start += size
+    raise ValueError(
+        f"unknown FSS-1000 split {split!r}; expected one of {list(FSS1000_SPLIT_SIZES)}"
+    )
 
 
 def official_label_order(dataset: str, fold: int, train: bool, coco_split: str = "panet") -> list:

@@ -1,7 +1,8 @@
 """Weak support annotations (scribbles and bounding boxes) from dense masks.
 
-PANet evaluates its dense-trained models with *weak* support labels (paper Sec. 4.3;
-``panet_official.md`` Sec. 6). This module is pure NumPy + ``scipy.ndimage`` /
+PANet evaluates its dense-trained models with *weak* support labels (paper Sec. 4.3; the
+official ``util/scribbles.py``, ``dataloaders/customized.py`` ``getMask`` and
+``util/utils.py`` ``get_bbox``). This module is pure NumPy + ``scipy.ndimage`` /
 ``scipy.sparse.csgraph``; all masks are 2-D ``[H, W]`` arrays (any dtype, nonzero = on) and every
 mask returned is a fresh ``bool [H, W]`` array. Randomness only comes from an explicit
 ``np.random.Generator``.
@@ -50,6 +51,7 @@ from panet_jax.data import spec
 __all__ = [
     "background_scribble",
     "bbox_masks",
+    "episode_support_masks",
     "scribble_from_mask",
     "scribble_masks_from_png",
     "weak_support_masks",
@@ -365,11 +367,6 @@ def scribble_masks_from_png(
     return fgm & (png == pick), bg_scribble
 
 
-def _box(sel: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(sel)
-    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
-
-
 def bbox_masks(fg: np.ndarray, instances: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Official ``get_bbox``: box supports from a dense mask and an instance map.
 
@@ -399,9 +396,10 @@ def bbox_masks(fg: np.ndarray, instances: np.ndarray | None) -> tuple[np.ndarray
         inst = ndimage.label(fgm, _EIGHT)[0].astype(np.int64)
     area = np.bincount(inst.ravel())
     area[0] = 0
-    fg_box[_box(inst == int(np.argmax(area)))] = True
+    boxes = ndimage.find_objects(inst)  # boxes[i - 1]: tight box of instance id i (or None)
+    fg_box[boxes[int(np.argmax(area)) - 1]] = True
     for i in np.flatnonzero(area):
-        bg_box[_box(inst == i)] = False
+        bg_box[boxes[i - 1]] = False
     return fg_box, bg_box
 
 
@@ -448,3 +446,48 @@ def weak_support_masks(
     if scribble_png is not None:
         return scribble_masks_from_png(scribble_png, fgm, rng, scribble_pick)
     return scribble_from_mask(fgm, rng), scribble_from_mask(bgm, rng)
+
+
+def episode_support_masks(
+    mode: str,
+    labels: np.ndarray,
+    instances: np.ndarray,
+    scribbles: np.ndarray,
+    has_scribble: np.ndarray,
+    class_ids: np.ndarray,
+    seed: int,
+    scribble_picks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scribble / bbox support masks ``(fg, bg)``, each ``[N, K, H, W]`` float32.
+
+    Calls :func:`weak_support_masks` per support image on the dense masks
+    of the official rule, with the instance map (bbox) and the official scribble PNG where the
+    dataset has one (otherwise scribbles are generated from the dense fg and bg masks).
+
+    Args:
+      mode: ``'scribble'`` or ``'bbox'``.
+      labels, instances, scribbles: ``[N, K, H, W]`` resized (and flipped) support maps.
+      has_scribble: ``[N, K]`` whether ``scribbles`` holds an official scribble file.
+      class_ids: ``[N]`` the episode classes.
+      seed: seeds the random choices (scribble id pick, skeleton tie-breaks).
+      scribble_picks: ``[N, K]`` fg scribble ids to use instead of a random pick (the official
+        loader's, ``-1`` = none), for supports with an official scribble file.
+    """
+    rng = np.random.default_rng(int(seed))
+    n_ways, n_shots = labels.shape[:2]
+    fg = np.zeros(labels.shape, np.float32)
+    bg = np.zeros(labels.shape, np.float32)
+    for n in range(n_ways):
+        for k in range(n_shots):
+            lab = labels[n, k]
+            f, g = weak_support_masks(
+                mode,
+                lab == class_ids[n],
+                ~np.isin(lab, class_ids),
+                instances=instances[n, k],
+                scribble_png=scribbles[n, k] if has_scribble[n, k] else None,
+                scribble_pick=None if scribble_picks is None else int(scribble_picks[n, k]),
+                rng=rng,
+            )
+            fg[n, k], bg[n, k] = f, g
+    return fg, bg

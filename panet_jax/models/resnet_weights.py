@@ -169,34 +169,16 @@ def _diagnose(keys: list[str]) -> str | None:
     return None
 
 
-def torchvision_state_to_variables(
-    state_dict: Mapping[str, Any],
-    *,
-    depth: int,
-    width: float = 1.0,
-    source: str = "<state dict>",
-    dtype: Any = np.float32,
-) -> Variables:
-    """Convert a torchvision ResNet-``depth`` state dict (tensors or arrays) to encoder
-    variables at channel multiplier ``width`` (numpy ``dtype``; float64 keeps a double state
-    dict exact).
-
-    Keys are matched by name (an optional ``module.`` prefix of a DataParallel snapshot is
-    removed). Raises :class:`ResNetWeightsError` naming ``source`` for another network, the
-    other depth, a missing or unexpected key, or a shape of another width.
-    """
-    check_depth(depth)
+def _check_state_dict(state_dict: Mapping[str, Any], depth: int, width: float, source: str) -> None:
+    """Raise :class:`ResNetWeightsError` unless ``state_dict`` is a torchvision ResNet-``depth``
+    at ``width`` (another network, the other depth, missing / unexpected keys, shapes)."""
     keys = list(state_dict.keys())
-    if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-        keys = list(state_dict.keys())
     if not all(isinstance(k, str) for k in keys):
         raise ResNetWeightsError(f"{source}: state-dict keys must be strings")
     problem = _diagnose(keys)
     if problem:
         raise ResNetWeightsError(f"{source}: {problem} (expected ResNet-{depth})")
-    found_blocks = count_blocks(keys)
-    want_blocks = RESNET_BLOCKS[depth]
+    found_blocks, want_blocks = count_blocks(keys), RESNET_BLOCKS[depth]
     if found_blocks != want_blocks:
         raise ResNetWeightsError(
             f"{source}: holds {describe_blocks(found_blocks)} (blocks per stage "
@@ -222,6 +204,29 @@ def torchvision_state_to_variables(
                 f"{source}: {key!r} has shape {found}; ResNet-{depth} at width={width:g} "
                 f"expects {want}{hint}"
             )
+
+
+def torchvision_state_to_variables(
+    state_dict: Mapping[str, Any],
+    *,
+    depth: int,
+    width: float = 1.0,
+    source: str = "<state dict>",
+    dtype: Any = np.float32,
+) -> Variables:
+    """Convert a torchvision ResNet-``depth`` state dict (tensors or arrays) to encoder
+    variables at channel multiplier ``width`` (numpy ``dtype``; float64 keeps a double state
+    dict exact).
+
+    Keys are matched by name (an optional ``module.`` prefix of a DataParallel snapshot is
+    removed). Raises :class:`ResNetWeightsError` naming ``source`` for another network, the
+    other depth, a missing or unexpected key, or a shape of another width.
+    """
+    check_depth(depth)
+    keys = list(state_dict.keys())
+    if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    _check_state_dict(state_dict, depth, width, source)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for module, (kind, _) in torchvision_layout(depth, width).items():
         path = tuple(module.split("."))

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
+from panet_jax import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 from panet_jax.data.builders.coco import Coco20i
 from panet_jax.data.builders.fss1000 import Fss1000
 from panet_jax.data.builders.synthetic import SyntheticFss
@@ -133,21 +134,31 @@ def _download_and_prepare(
 @contextlib.contextmanager
 def _preparation_lock(data_dir: str, name: str) -> Iterator[None]:
     """One preparation of ``name`` per ``data_dir`` at a time (an advisory ``flock`` on a lock
-    file next to the datasets), so that leftovers found under it are never another run's."""
+    file next to the datasets, removed when done), so that leftovers found under it are never
+    another run's."""
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, f".{name}.prepare.lock")
-    with open(path, "a") as f:
+    while True:
+        f = open(path, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            f.close()
             raise FileExistsError(
                 f"another preparation of {name} under {data_dir!r} is running (lock {path!r}); "
                 "wait for it to finish"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        try:  # the file we locked may have been removed by the previous holder: retry
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        os.unlink(path)  # before unlocking: a waiting process then retries on a new file
+        f.close()
 
 
 def _remove_leftovers(builder: tfds.core.DatasetBuilder, data_dir: str, name: str) -> None:

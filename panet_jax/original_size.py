@@ -1,0 +1,114 @@
+"""Scoring at each query's original label size (``config.eval.original_size``), on the host.
+
+HSNet (``use_original_imgsize``, juhongm999/hsnet ``test.py``) and PFENet (``ori_resize``,
+dvlab-research/PFENet ``test.py``) upsample the prediction to the raw label's size and score
+against the raw, un-resized label; PANet scores at the input size against the nearest-resized
+label. Raw sizes differ per image, so this is done outside the jitted batched step: the step
+returns the low-resolution scores ``[B, Q, h, w, 1 + N]`` (a few KB per query) and, per
+query, the host
+
+1. upsamples them to the raw label's ``H0 x W0`` with the model's own bilinear rule
+   (:func:`panet_jax.ops.bilinear_matrix`: PyTorch ``align_corners=False``, the mapping the
+   model uses for its ``image_size`` logits), in float64, *directly* from feature resolution:
+   the logits the model would output at ``H0 x W0``. (HSNet and PFENet instead resize their
+   input-size logits a second time, with ``align_corners=True``; the two differ only in
+   sub-pixel interpolation.)
+2. takes the argmax and counts TP / FP / FN with the rule of :mod:`panet_jax.metrics`
+   (official and strict, and the all-background prediction), in int64.
+
+Nothing here runs in the default (``original_size=False``) evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from panet_jax import metrics, ops
+from panet_jax.data.spec import IGNORE_LABEL
+
+CountsTriple = dict[str, metrics.Counts]  # 'official' | 'strict' | 'background'
+
+
+def upsample_logits(scores: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """``[h, w, P]`` scores -> ``[H0, W0, P]`` float64 logits, PyTorch bilinear
+    (``align_corners=False``) as :func:`panet_jax.ops.resize_bilinear`."""
+    h, w = scores.shape[:2]
+    rh, rw = ops.bilinear_matrix(h, int(out_hw[0])), ops.bilinear_matrix(w, int(out_hw[1]))
+    rows = np.tensordot(rh, np.asarray(scores, np.float64), axes=(1, 0))  # [H0, w, P]
+    return np.einsum("Hwp,Ww->HWp", rows, rw)
+
+
+def image_counts(
+    pred: np.ndarray, target: np.ndarray, class_ids: np.ndarray, num_classes: int,
+    *, strict: bool = False,
+) -> metrics.Counts:  # fmt: skip
+    """NumPy :func:`panet_jax.metrics.image_counts` of one query (any ``[H, W]``): int64
+    ``[num_classes + 1]`` counts, 255 pixels ignored, absent classes skipped unless
+    ``strict``."""
+    out = metrics.zeros(num_classes)
+    valid = target != IGNORE_LABEL
+    for j, label in enumerate([0, *np.asarray(class_ids).tolist()]):
+        p, t = (pred == j) & valid, target == j
+        present = bool(t.any())
+        if not (present or strict):
+            continue
+        out.tp[label] += np.count_nonzero(p & t)
+        out.fp[label] += np.count_nonzero(p & ~t)
+        out.fn[label] += np.count_nonzero(~p & t)
+        out.episodes[label] += present
+    return out
+
+
+def episode_counts(
+    scores: np.ndarray, labels: Sequence[np.ndarray], class_ids: np.ndarray, num_classes: int
+) -> CountsTriple:
+    """Counts of one episode at original size: ``scores [Q, h, w, 1 + N]`` (low resolution),
+    ``labels`` ``Q`` raw episode label maps ``[H0_q, W0_q]`` (0 bg, ``n + 1`` way ``n``, 255
+    ignore), ``class_ids [N]``. Returns ``{'official', 'strict', 'background'}`` counts."""
+    acc = {k: metrics.zeros(num_classes) for k in ("official", "strict", "background")}
+    for q, target in enumerate(labels):
+        target = np.asarray(target)
+        pred = np.argmax(upsample_logits(scores[q], target.shape), axis=-1)
+        parts = {
+            "official": image_counts(pred, target, class_ids, num_classes),
+            "strict": image_counts(pred, target, class_ids, num_classes, strict=True),
+            "background": image_counts(np.zeros_like(pred), target, class_ids, num_classes),
+        }
+        acc = {k: metrics.add(acc[k], parts[k]) for k in acc}
+    return acc
+
+
+def batch_counts(
+    scores: np.ndarray, valid: np.ndarray, episodes: Sequence[tuple[np.ndarray, list[np.ndarray]]],
+    num_classes: int,
+) -> CountsTriple:  # fmt: skip
+    """Counts of a batch: ``scores [B, Q, h, w, 1 + N]``, ``valid [B]``, and per valid row its
+    ``(class_ids [N], raw labels)`` (invalid rows, the padding, are skipped)."""
+    acc = {k: metrics.zeros(num_classes) for k in ("official", "strict", "background")}
+    rows = [b for b in range(len(valid)) if valid[b]]
+    for b, (class_ids, labels) in zip(rows, episodes, strict=True):
+        part = episode_counts(scores[b], labels, class_ids, num_classes)
+        acc = {k: metrics.add(acc[k], part[k]) for k in acc}
+    return acc
+
+
+class Scorer:
+    """Original-size counts of one evaluation run's batches on this process.
+
+    Args:
+      draw: episode number -> ``(class_ids [N], raw query labels)`` (e.g. from the sampler's
+        draw and :class:`panet_jax.data.raw_labels.RawMasks`).
+      first: the first episode number this process reads (its rows are consecutive).
+      num_classes: the dataset's foreground classes.
+    """
+
+    def __init__(self, draw: Callable[[int], tuple[np.ndarray, list[np.ndarray]]], first: int,
+                 num_classes: int) -> None:  # fmt: skip
+        self.draw, self.first, self.num_classes = draw, int(first), int(num_classes)
+
+    def __call__(self, scores: np.ndarray, valid: np.ndarray, row: int) -> CountsTriple:
+        """Counts of the host batch whose first row is this process's row ``row``."""
+        numbers = [self.first + row + b for b in range(len(valid)) if valid[b]]
+        return batch_counts(scores, valid, [self.draw(e) for e in numbers], self.num_classes)
