@@ -265,10 +265,11 @@ def matmul_rate(n: int, repeats: int = 5) -> float:
 
 
 def alternate(runners: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[str, list]:
-    """Warm-up, then rounds of one timed step per variant (A B C A B C ...)."""
+    """Warm-up, then rounds of one timed step per variant (A B C A B C ...): name -> list of
+    (wall seconds, process CPU seconds)."""
     for r in runners.values():
-        r["warmup_s"] = [timed(r["run"]) for _ in range(spec["warmup"])]
-    times: dict[str, list[float]] = {name: [] for name in runners}
+        r["warmup_s"] = [timed(r["run"])[0] for _ in range(spec["warmup"])]
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     start = time.perf_counter()
     for i in range(spec["repeats"]):
         over = spec["budget_s"] and time.perf_counter() - start > spec["budget_s"]
@@ -279,10 +280,12 @@ def alternate(runners: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[
     return times
 
 
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``fn()``; CPU time (all threads) is less sensitive to
+    other programs sharing the cores."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -302,11 +305,12 @@ def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     flops = next((r["flops"] for r in runners.values() if r["flops"]), None)
     rows = []
     for name, r in runners.items():
-        t = times[name]
+        t, cpu = [w for w, _ in times[name]], [c for _, c in times[name]]
         row = {k: v for k, v in spec.items() if k not in ("options", "variants")}
         row.update({k: v for k, v in r.items() if k != "run"})
         row.update(variant=name, options=spec["options"].get(name), step_s=t,
-                   median_s=statistics.median(t), min_s=min(t), flops=r["flops"] or flops,
+                   median_s=statistics.median(t), min_s=min(t), cpu_s=cpu,
+                   median_cpu_s=statistics.median(cpu), flops=r["flops"] or flops,
                    matmul_flops_per_s=rate, peak_rss_bytes=peak, loadavg_1min=load,
                    device_kind=jax.devices()[0].device_kind)  # fmt: skip
         rows.append(row)
@@ -388,22 +392,23 @@ def _pct(rate: float | None, of: float | None) -> str:
 def markdown_table(rows: list[dict[str, Any]], peak: float) -> str:
     """One line per (configuration, variant)."""
     lines = [
-        "| step | image | task | variant | median s | min s | rounds | vs torch | GFLOP/step "
-        "| GFLOP/s | % of matmul | % of FMA peak | peak RSS | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step | image | task | variant | median s | min s | rounds | vs torch | CPU s "
+        "| GFLOP/step | GFLOP/s | % of matmul | % of FMA peak | peak RSS | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         task = f"{r['ways']}-way {r['shots']}-shot, {r['batch']} ep. x w{r['width']:g}"
         head = f"| {r['kind']} | {r['size']} | {task} | {r['variant']} "
         if "error" in r:
-            lines.append(head + f"| failed: {r['error']} |" + " |" * 9)
+            lines.append(head + f"| failed: {r['error']} |" + " |" * 10)
             continue
         rate = r["flops"] / r["median_s"] if r.get("flops") else None
         ratio = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else "-"
         compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         lines.append(
             head + f"| **{r['median_s']:.3f}** | {r['min_s']:.3f} | {len(r['step_s'])} "
-            f"| {ratio} | {_num(r.get('flops'), 1e9)} | {_num(rate, 1e9)} "
+            f"| {ratio} | {r['median_cpu_s']:.2f} | {_num(r.get('flops'), 1e9)} "
+            f"| {_num(rate, 1e9)} "
             f"| {_pct(rate, r['matmul_flops_per_s'])} | {_pct(rate, peak)} "
             f"| {r['peak_rss_bytes'] / 2**30:.2f} GiB | {compile_s} |"
         )

@@ -68,21 +68,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".compile_for.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def run(config, topologies: list[str], steps: list[str], impls: list[str], num_slices: int):
     """Compile every (topology, step, impl); returns the reports (raises AOT errors)."""
     from panet_jax import aot
@@ -105,6 +90,15 @@ def run(config, topologies: list[str], steps: list[str], impls: list[str], num_s
             config, topology, steps=steps, impls=impls, num_slices=num_slices, on_report=progress
         )
     return reports
+
+
+def _write_json(path: str, payload: dict) -> None:
+    """``payload`` as JSON at ``path`` (a temporary file renamed into place; the folder is
+    created)."""
+    from panet_jax import files
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=True)
 
 
 def main(argv: list[str]) -> None:
@@ -147,7 +141,7 @@ def main(argv: list[str]) -> None:
             "reports": [r.to_dict() for r in reports],
             "table": table,
         }
-        write_json_atomic(FLAGS.json, payload)
+        _write_json(FLAGS.json, payload)
         print(f"wrote {FLAGS.json}")
 
 

@@ -216,18 +216,13 @@ def summary_table(results: dict[str, Any], device: str) -> str:
     return "\n".join(rows)
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gpu_check.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _write_json(path: str, payload: dict) -> None:
+    """``payload`` as JSON at ``path`` (a temporary file renamed into place; the folder is
+    created)."""
+    from panet_jax import files
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "table": table,
     }
-    write_json_atomic(args.out, payload)
+    _write_json(args.out, payload)
     print(f"wrote {args.out}")
     return 0 if all(r.get("ok") for r in results.values()) else 1
 

@@ -437,8 +437,7 @@ def _lowerable(
     pdb = int(config.eval.per_device_batch)
     mesh = make_mesh(devices)
     rows = NamedSharding(mesh, P(BATCH_AXIS))
-    params = abstract_state_on(config, mesh).params
-    variables = {"params": params}
+    variables = abstract_state_on(config, mesh).variables()
     batch = abstract_batch(config, (chips * pdb,), rows)
     valid = jax.ShapeDtypeStruct((chips * pdb,), jnp.bool_, sharding=rows)
     fn = make_eval_step(build_model(config), mesh, NUM_CLASSES[config.data.dataset])
@@ -460,45 +459,44 @@ def _oom_bytes(message: str) -> int | None:
     return int(float(m.group(1)) * scale[m.group(2)])
 
 
-def compile_step(
+def _new_report(
     config: ml_collections.ConfigDict,
     topology: str,
     devices: Sequence[jax.Device],
     step: str,
     impl: str,
-    *,
-    check_hbm: bool = True,
 ) -> StepReport:
-    """Lower and compile one step (``'train'`` / ``'eval'``) in one form (``'shard_map'`` /
-    ``'pmap'``) for ``devices`` (of ``topology``); see the module docstring."""
+    """The report's identity fields (what was compiled, for which slice); no figures yet."""
     chip, _ = parse_topology(topology)
-    chips = len(devices)
     d = config.data
-    dtype = str(config.model.dtype)
     pdb = int(config.train.per_device_batch if step == "train" else config.eval.per_device_batch)
-    report = StepReport(
+    return StepReport(
         topology=topology, generation=chip.generation, chip_kind=devices[0].device_kind,
-        chips=chips, hosts=len({dev.process_index for dev in devices}), step=step, impl=impl,
-        dtype=dtype, n_ways=int(d.n_ways), n_shots=int(d.n_shots), n_queries=int(d.n_queries),
-        image_size=tuple(int(s) for s in d.image_size), per_device_batch=pdb,
-        episodes_per_step=chips * pdb,
+        chips=len(devices), hosts=len({dev.process_index for dev in devices}), step=step,
+        impl=impl, dtype=str(config.model.dtype), n_ways=int(d.n_ways), n_shots=int(d.n_shots),
+        n_queries=int(d.n_queries), image_size=tuple(int(s) for s in d.image_size),
+        per_device_batch=pdb, episodes_per_step=len(devices) * pdb,
     )  # fmt: skip
-    if step == "eval" and impl == "pmap":
-        report.status = "unsupported"
-        report.note = "the evaluator always runs jit(shard_map); it has no pmap form"
-        return report
 
-    lower, episodes, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
+
+def _lower_and_compile(
+    config: ml_collections.ConfigDict,
+    report: StepReport,
+    devices: Sequence[jax.Device],
+    check_hbm: bool,
+) -> tuple[Any, int] | None:
+    """``(compiled, state bytes)``, or None with ``report.status='unsupported'`` (a pmap that
+    this slice cannot run); over-HBM configurations raise :class:`HBMExceededError`."""
+    chip, _ = parse_topology(report.topology)
+    step, impl, topology = report.step, report.impl, report.topology
+    lower, _, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
+
+    def refuse(needed: int, what: str) -> HBMExceededError:
+        return _hbm_error(config, step, topology, report.chip_kind, chip.hbm_usable_bytes,
+                          needed, what)  # fmt: skip
+
     if check_hbm and arg_bytes > chip.hbm_usable_bytes:  # refuse before a long compile
-        raise _hbm_error(
-            config,
-            step,
-            topology,
-            report.chip_kind,
-            chip.hbm_usable_bytes,
-            arg_bytes,
-            "its arguments alone",
-        )
+        raise refuse(arg_bytes, "its arguments alone")
     t0 = time.perf_counter()
     try:
         lowered = lower()
@@ -507,32 +505,30 @@ def compile_step(
             raise
         report.status = "unsupported"
         report.note = f"jax.pmap cannot be lowered for {topology}'s devices: {_first_line(e)}"
-        return report
+        return None
     t1 = time.perf_counter()
     try:
         compiled = lowered.compile()
     except Exception as e:
-        msg = str(e)
-        if "RESOURCE_EXHAUSTED" in msg and check_hbm:
-            needed = _oom_bytes(msg) or arg_bytes
-            raise _hbm_error(
-                config,
-                step,
-                topology,
-                report.chip_kind,
-                chip.hbm_usable_bytes,
-                needed,
-                f"the compiler ({_first_line(e)})",
-            ) from None
-        if impl == "pmap":
-            report.status = "unsupported"
-            report.note = f"jax.pmap does not compile for {topology}'s devices: {_first_line(e)}"
-            return report
-        raise
-    t2 = time.perf_counter()
+        if "RESOURCE_EXHAUSTED" in str(e) and check_hbm:
+            needed = _oom_bytes(str(e)) or arg_bytes
+            raise refuse(needed, f"the compiler ({_first_line(e)})") from None
+        if impl != "pmap":
+            raise
+        report.status = "unsupported"
+        report.note = f"jax.pmap does not compile for {topology}'s devices: {_first_line(e)}"
+        return None
+    report.lower_s, report.compile_s = t1 - t0, time.perf_counter() - t1
+    return compiled, state_bytes
 
-    mem = compiled.memory_analysis()
-    cost = _first_cost(compiled)
+
+def _fill_figures(
+    report: StepReport, config: ml_collections.ConfigDict, compiled: Any, state_bytes: int
+) -> None:
+    """Memory (per chip), FLOPs and the roofline of a compiled step, into ``report``."""
+    chip, _ = parse_topology(report.topology)
+    d, train = config.data, report.step == "train"
+    mem, cost = compiled.memory_analysis(), _first_cost(compiled)
     report.argument_bytes = int(mem.argument_size_in_bytes)
     report.output_bytes = int(mem.output_size_in_bytes)
     report.alias_bytes = int(mem.alias_size_in_bytes)
@@ -544,17 +540,17 @@ def compile_step(
     )  # fmt: skip
     # The trainer keeps a copy of the state for one step after each checkpoint boundary (it is
     # saved once the next loss is known to be finite): that copy lives beside the step.
-    report.state_bytes = state_bytes if step == "train" else None
-    report.resident_bytes = report.peak_bytes + (state_bytes if step == "train" else 0)
+    report.state_bytes = state_bytes if train else None
+    report.resident_bytes = report.peak_bytes + (state_bytes if train else 0)
     report.hbm_bytes = chip.hbm_usable_bytes
     report.flops = float(cost.get("flops", 0.0)) or None
     report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
-    report.flops_total = None if report.flops is None else report.flops * chips
+    report.flops_total = None if report.flops is None else report.flops * report.chips
     if config.model.encoder == "vgg16":
         images = int(d.n_ways) * int(d.n_shots) + int(d.n_queries)
-        per_image = vgg_conv_flops(d.image_size, float(config.model.width), train=step == "train")
-        report.conv_flops = float(per_image * images * pdb)
-    report.peak_flops = chip.peak_bf16_flops / matmul_passes(dtype)
+        per_image = vgg_conv_flops(d.image_size, float(config.model.width), train=train)
+        report.conv_flops = float(per_image * images * report.per_device_batch)
+    report.peak_flops = chip.peak_bf16_flops / matmul_passes(report.dtype)
     report.hbm_bandwidth = chip.hbm_bandwidth
     if report.flops is not None:
         report.compute_s = report.flops / report.peak_flops
@@ -563,8 +559,29 @@ def compile_step(
     times = [t for t in (report.compute_s, report.memory_s) if t is not None]
     if times:
         report.roofline_s = max(times)
-        report.roofline_episodes_per_s = episodes / report.roofline_s
-    report.lower_s, report.compile_s = t1 - t0, t2 - t1
+        report.roofline_episodes_per_s = report.episodes_per_step / report.roofline_s
+
+
+def compile_step(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    devices: Sequence[jax.Device],
+    step: str,
+    impl: str,
+    *,
+    check_hbm: bool = True,
+) -> StepReport:
+    """Lower and compile one step (``'train'`` / ``'eval'``) in one form (``'shard_map'`` /
+    ``'pmap'``) for ``devices`` (of ``topology``); see the module docstring."""
+    report = _new_report(config, topology, devices, step, impl)
+    if step == "eval" and impl == "pmap":
+        report.status = "unsupported"
+        report.note = "the evaluator always runs jit(shard_map); it has no pmap form"
+        return report
+    result = _lower_and_compile(config, report, devices, check_hbm)
+    if result is None:
+        return report
+    _fill_figures(report, config, *result)
     if check_hbm:
         check_fits(report, config)
     return report

@@ -17,6 +17,7 @@ ARG_KEYS = {
     "fold": ("data", "fold", int),
     "shot": ("data", "n_shots", int),
     "way": ("data", "n_ways", int),
+    "encoder": ("model", "encoder", str),
     "runlocal": (None, None, bool),
 }
 
@@ -44,6 +45,20 @@ def parse_arg(arg: str | None) -> dict[str, object]:
             except ValueError as e:
                 raise ValueError(f"config argument {key}={value!r} is not a {cast.__name__}") from e
     return out
+
+
+# ImageNet weights the dataset configs expect (torchvision's file names; the user provides them).
+IMAGENET_WEIGHTS = {
+    "vgg16": "pretrained_model/vgg16-397923af.pth",
+    "resnet50": "pretrained_model/resnet50-0676ba61.pth",
+    "resnet101": "pretrained_model/resnet101-63fe2227.pth",
+}
+
+
+def with_imagenet_weights(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``c`` with ``model.pretrained`` set to :data:`IMAGENET_WEIGHTS` of its encoder."""
+    c.model.pretrained = IMAGENET_WEIGHTS.get(c.model.encoder, c.model.pretrained)
+    return c
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -291,6 +306,7 @@ def validate(config: ml_collections.ConfigDict, *, train: bool, evaluate: bool) 
     if train and config.model.pretrained and not os.path.exists(config.model.pretrained):
         raise FileNotFoundError(
             f"config.model.pretrained={config.model.pretrained!r} does not exist (cwd "
-            f"{os.getcwd()!r}). Expected ImageNet weights (torchvision .pth, a Keras VGG16 .h5 "
-            "or a converted .npz), or set --config.model.pretrained='' for random init."
+            f"{os.getcwd()!r}). Expected ImageNet {config.model.encoder} weights (torchvision "
+            ".pth, a Keras VGG16 .h5 or a converted .npz), or set "
+            "--config.model.pretrained='' for random init."
         )

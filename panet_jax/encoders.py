@@ -19,8 +19,8 @@ import flax.linen as nn
 import numpy as np
 
 from panet_jax.config_base import ENCODERS
-from panet_jax.models.resnet import ResNetEncoder
-from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder, scaled_channels
+from panet_jax.models.resnet import RESNET_BLOCKS, STEM_CHANNELS, ResNetEncoder
+from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder
 
 RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
 RESNET_TOP_LEVEL = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -60,19 +60,26 @@ def frozen_layers(name: str, frozen: str) -> tuple[str, ...]:
     return chosen
 
 
-def identify(encoder_params: Mapping[str, Any]) -> tuple[str, float]:
-    """``(encoder name, width)`` of encoder params, from their layer names and channels."""
-    if "conv5_3" in encoder_params:
-        return "vgg16", int(np.shape(encoder_params["conv5_3"]["kernel"])[-1]) / 512
-    if "layer3" in encoder_params and "conv1" in encoder_params:
-        depth = 101 if len(encoder_params["layer3"]) == 23 else 50
-        width = int(np.shape(encoder_params["conv1"]["kernel"])[-1]) / 64
-        if scaled_channels(64, width) != np.shape(encoder_params["conv1"]["kernel"])[-1]:
-            raise ValueError("encoder params: ResNet conv1 channels are not a 64 x width")
+def identify(encoder_variables: Mapping[str, Any]) -> tuple[str, float]:
+    """``(encoder name, width)`` of encoder variables (``{'params': ..., 'batch_stats': ...}``)
+    from their layer names and channels; every shape is checked against that encoder's."""
+    params = encoder_variables["params"]
+    if "conv5_3" in params:
+        from panet_jax import pretrained
+
+        return "vgg16", pretrained.encoder_width(params)
+    if "layer3" in params and "conv1" in params:
+        from panet_jax.models import resnet_weights
+
+        depth = 101 if len(params["layer3"]) == RESNET_BLOCKS[101][2] else 50
+        channels = int(np.shape(params["conv1"]["kernel"])[-1])
+        width = channels / STEM_CHANNELS
+        resnet_weights.check_variables(encoder_variables, depth, width, "encoder variables")
         return f"resnet{depth}", width
     raise ValueError(
-        "variables hold neither a VGG-16 encoder ('conv1_1'..'conv5_3') nor a ResNet one "
-        f"('conv1', 'layer1'..'layer3'); found {sorted(encoder_params)[:6]}"
+        "variables hold neither a VGG-16 PANet encoder ({'params': {'encoder': {'conv1_1': ..., "
+        "'conv5_3': ...}}}) nor a ResNet one ('conv1', 'layer1'..'layer3'); found "
+        f"{sorted(params)[:6]}"
     )
 
 

@@ -8,7 +8,12 @@ class over all its episodes (:mod:`panet_jax.metrics`, official rule), then
 ``mIoU = mean over the test classes of TP / (TP + FP + FN)`` and FB-IoU (bg vs pooled fg);
 reported as mean and std over runs with a per-class table (:mod:`panet_jax.reports`).
 ``config.eval.protocol='hsnet'`` evaluates on VOC val with HSNet-style query lists;
-``config.eval.support_annotation`` picks dense / scribble / bbox supports. Next to the official
+``config.eval.support_annotation`` picks dense / scribble / bbox supports;
+``config.eval.episodes=0`` (HSNet protocol) walks its whole list once (FSS-1000: every test
+image). ``config.eval.original_size`` scores each query at its raw label size on the host
+(:mod:`panet_jax.original_size`; the devices then return low-resolution scores, summed over
+processes at the end of a run) and ``config.eval.min_object_pixels`` drops small objects
+from the episodes (:func:`panet_jax.data.sampler.drop_small_objects`). Next to the official
 numbers the *strict* metric (absent classes' false positives count too) and the scores of an
 all-background prediction are reported, and every run's episodes (image ids) are listed.
 
@@ -36,6 +41,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -45,6 +51,7 @@ from panet_jax import (
     input_pipeline,
     loading,
     metrics,
+    original_size,
     parallel,
     reports,
     steps,
@@ -68,12 +75,21 @@ def sampler_name(config: ml_collections.ConfigDict) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_step(model: Any, mesh: Mesh, num_classes: int) -> Any:
+def make_eval_step(model: Any, mesh: Mesh, num_classes: int, original_size: bool = False) -> Any:
     """``jit(shard_map(eval_step))`` of :func:`panet_jax.steps.make_eval_step`:
     ``(replicated variables, 'batch'-sharded episodes [G, ...], valid [G]) -> (replicated
-    counts, 'batch'-sharded predictions [G, Q, H, W])``. Cached per model and mesh."""
-    step = steps.make_eval_step(model, num_classes)
-    return parallel.on_batch(step, mesh, 2, (P(), P(parallel.BATCH_AXIS)))
+    counts, 'batch'-sharded predictions [G, Q, H, W])``; with ``original_size`` the first
+    output is the ``'batch'``-sharded low-resolution scores ``[G, Q, h, w, 1 + N]`` instead.
+    Cached per model, mesh and mode."""
+    step = steps.make_eval_step(model, num_classes, original_size=original_size)
+    first = P(parallel.BATCH_AXIS) if original_size else P()
+    return parallel.on_batch(step, mesh, 2, (first, P(parallel.BATCH_AXIS)))
+
+
+def episode_count(config: ml_collections.ConfigDict, sampler: Any) -> int:
+    """Episodes per run: ``config.eval.episodes``, or with 0 (protocol ``'hsnet'``) one per
+    pair of the walked list (FSS-1000: every test image once as the query)."""
+    return int(config.eval.episodes) or len(sampler.pairs)
 
 
 class Layout:
@@ -163,7 +179,25 @@ class _Evaluation:
     @functools.cached_property
     def step(self) -> Any:
         num_classes = folds.NUM_CLASSES[self.config.data.dataset]
-        return make_eval_step(loading.build_model(self.config), self.mesh, num_classes)
+        return make_eval_step(loading.build_model(self.config), self.mesh, num_classes,
+                              _original_size(self.config))  # fmt: skip
+
+    def scorer(self, sampler: Any, builder: Any) -> original_size.Scorer | None:
+        """The original-size scorer of a run's episodes on this process (None: scored at
+        ``data.image_size`` on the devices)."""
+        if not _original_size(self.config):
+            return None
+        from panet_jax.data import raw_labels  # TensorFlow
+
+        masks = raw_labels.RawMasks(builder, sampler.cfg.resolved_split)
+        n_supports = sampler.cfg.n_ways * sampler.cfg.n_shots
+
+        def draw(e: int) -> tuple[np.ndarray, list[np.ndarray]]:
+            d = sampler.draw(e, 0)
+            return d.class_ids, masks.query_labels(d, n_supports)
+
+        first = self.layout.process_range(jax.process_index())[0]
+        return original_size.Scorer(draw, first, folds.NUM_CLASSES[self.config.data.dataset])
 
     def run(self, r: int, audit: list[dict[str, Any]]) -> dict[str, Any]:
         """Run ``r``: its episodes through the model, counts accumulated on the host."""
@@ -176,18 +210,22 @@ class _Evaluation:
         num_classes = folds.NUM_CLASSES[self.config.data.dataset]
         acc = {k: metrics.zeros(num_classes) for k in ("official", "strict", "background")}
         batches = host_batches(self.config, sampler, builder, self.layout, jax.process_index())
+        scorer = self.scorer(sampler, builder)
         with contextlib.closing(batches):
-            acc, pending = self.feed(batches, acc, n_images)
+            acc, pending = self.feed(batches, acc, n_images, scorer)
         if pending is not None:
-            acc = _add(acc, pending)
+            acc = _add(acc, pending())
+        if scorer is not None:  # host counts of this process's episodes only
+            acc = _sum_over_processes(acc)
         return {"seed": seed, **reports.run_scores(acc, self.test_classes)}
 
-    def feed(self, batches: Iterator, acc: reports.CountsTriple, n_images: int) -> tuple:
+    def feed(self, batches: Iterator, acc: reports.CountsTriple, n_images: int,
+             scorer: original_size.Scorer | None = None) -> tuple:  # fmt: skip
         """Every batch of a run through the model; counts are read one step late (so the
-        device stays busy). Returns the accumulated counts and the last step's, still pending."""
+        device stays busy). Returns the accumulated counts and a thunk of the last step's."""
         pending, hb = None, self.layout.host_batch
         for s, (batch, valid) in enumerate(batches):
-            counts, pred = self.step(
+            out, pred = self.step(
                 self.variables,
                 parallel.host_batch_to_global(batch, self.mesh),
                 parallel.host_batch_to_global({"v": valid}, self.mesh)["v"],
@@ -196,10 +234,18 @@ class _Evaluation:
                 rows = parallel.local_rows(pred, self.mesh)
                 self.write_images(batch, valid, rows, s * hb, n_images)
             if pending is not None:  # read the previous step's counts: keeps the device busy
-                acc = _add(acc, pending)
-            pending = counts
+                acc = _add(acc, pending())
+            pending = functools.partial(self.step_counts, out, valid, s * hb, scorer)
             self.bar.update(self.layout.done_after(s) - (self.layout.done_after(s - 1) if s else 0))
         return acc, pending
+
+    def step_counts(self, out: Any, valid: np.ndarray, row: int,
+                    scorer: original_size.Scorer | None) -> Any:  # fmt: skip
+        """A step's counts: its own (replicated, summed over devices), or the original-size
+        counts of this process's rows ``row, row + 1, ...`` of its scores."""
+        if scorer is None:
+            return out
+        return scorer(parallel.local_rows(out, self.mesh), valid, row)
 
     def write_images(self, batch: Mapping[str, np.ndarray], valid: np.ndarray, pred: np.ndarray,
                      first: int, n_images: int) -> None:  # fmt: skip
@@ -212,13 +258,33 @@ class _Evaluation:
                 visualize.save_png(panel, path)
 
 
+def _original_size(config: ml_collections.ConfigDict) -> bool:
+    return bool(config.eval.get("original_size", False))
+
+
+def _sum_over_processes(acc: reports.CountsTriple) -> reports.CountsTriple:
+    """int64 counts summed over all processes (exact: sent as three 20-bit int32 limbs, as
+    JAX without x64 has no int64)."""
+    if jax.process_count() == 1:
+        return acc
+    weights = np.array([1 << 40, 1 << 20, 1], np.int64)[:, None]
+
+    def split(x: np.ndarray) -> np.ndarray:
+        return np.stack([x >> 40, (x >> 20) & 0xFFFFF, x & 0xFFFFF]).astype(np.int32)
+
+    def join(g: np.ndarray) -> np.ndarray:  # [processes, 3, C + 1]
+        return (np.asarray(g, np.int64).sum(0) * weights).sum(0)
+
+    return jax.tree.map(join, multihost_utils.process_allgather(jax.tree.map(split, acc)))
+
+
 def _add(acc: reports.CountsTriple, counts: Mapping[str, metrics.Counts]) -> reports.CountsTriple:
     host = jax.device_get(counts)
     return {k: metrics.add(acc[k], host[k]) for k in acc}
 
 
 def _settings(
-    config: ml_collections.ConfigDict, mesh: Mesh, test_classes: list[int],
+    config: ml_collections.ConfigDict, mesh: Mesh, test_classes: list[int], episodes: int,
     info: Mapping[str, Any],
 ) -> dict:  # fmt: skip
     d, e = config.data, config.eval
@@ -229,7 +295,9 @@ def _settings(
         "image_size": [int(v) for v in d.image_size], "coco_split": d.coco_split,
         "protocol": e.protocol, "split": ecfg.resolved_split, "sampler": sampler_name(config),
         "episode_list": EPISODE_LIST, "support_annotation": e.support_annotation,
-        "runs": int(e.runs), "episodes": int(e.episodes), "seed": int(e.seed),
+        "runs": int(e.runs), "episodes": episodes, "seed": int(e.seed),
+        "original_size": _original_size(config),
+        "min_object_pixels": int(e.get("min_object_pixels", 0)),
         "test_classes": test_classes,
         "devices": int(mesh.devices.size), "processes": jax.process_count(),
         "per_device_batch": int(e.per_device_batch), "model": config.model.to_dict(),
@@ -267,8 +335,8 @@ def evaluate(
     test_classes = sorted(int(c) for c in sampler.pool)
     names = reports.class_names(config.data.dataset, builder.info.metadata)
     mesh = parallel.make_mesh()
-    layout = Layout(int(e.episodes), len(mesh.local_devices) * int(e.per_device_batch),
-                    jax.process_count())  # fmt: skip
+    host_batch = len(mesh.local_devices) * int(e.per_device_batch)
+    layout = Layout(episode_count(config, sampler), host_batch, jax.process_count())
     out_dir = None
     if workdir is not None and is_main:
         out_dir = reports.unique_dir(Path(workdir) / reports.result_dir_name(config))
@@ -283,7 +351,7 @@ def evaluate(
         seconds = time.perf_counter() - t0
     results = reports.summarize(runs, test_classes, names)
     results.update(runs=runs, seconds=seconds, episodes_per_s=total / max(seconds, 1e-9),
-                   settings=_settings(config, mesh, test_classes, info or {}),
+                   settings=_settings(config, mesh, test_classes, layout.episodes, info or {}),
                    output_dir=None if out_dir is None else str(out_dir))  # fmt: skip
     if is_main:
         print(reports.markdown_tables(results), flush=True)

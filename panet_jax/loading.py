@@ -80,12 +80,13 @@ def load_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def as_panet_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """``{'params': {'encoder': ...}}`` from PANet variables, plain params or bare encoder
-    params (``{'params': {'conv1_1': ...}}`` / ``{'conv1_1': ...}``)."""
-    params = variables.get("params", variables)
-    if "encoder" not in params:
-        params = {"encoder": params}
-    return {"params": params}
+    """``{'params': {'encoder': ...}[, 'batch_stats': {'encoder': ...}]}`` from PANet
+    variables, encoder variables (``{'params': {'conv1_1': ...}}``) or bare encoder params
+    (``{'conv1_1': ...}``)."""
+    collections = dict(variables) if "params" in variables else {"params": variables}
+    return {
+        name: tree if "encoder" in tree else {"encoder": tree} for name, tree in collections.items()
+    }
 
 
 def load_variables(
@@ -93,12 +94,12 @@ def load_variables(
 ) -> dict[str, Any]:
     """``{'params': ...}`` of a checkpoint (latest, or ``step``), replicated on ``mesh``
     (default: all current devices, any count), or of a weight file (ImageNet / ``.npz``)."""
-    from panet_jax import parallel, pretrained
+    from panet_jax import encoders, parallel
 
     mesh = parallel.make_mesh() if mesh is None else mesh
     if is_weight_file(path):
         # The PANet head has no parameters: the encoder's are all of them.
-        return parallel.replicate(as_panet_variables(pretrained.load_any(path)), mesh)
+        return parallel.replicate(as_panet_variables(encoders.read_weight_file(path)), mesh)
     _, ckpt_dir, step_of_path = resolve_checkpoint(path)
     if step is not None and step_of_path is not None and step != step_of_path:
         raise ValueError(f"{os.fspath(path)!r} is step {step_of_path}, but step={step} was asked")
@@ -116,7 +117,7 @@ def load_variables(
                 else "; no other step is saved"
             )
             raise checkpointing.CheckpointReadError(step, ckpt.directory, e.cause, hint) from e
-    return {"params": state.params}
+    return state.variables()
 
 
 def build_model(config: ml_collections.ConfigDict) -> PANet:
@@ -146,7 +147,7 @@ def load_model(
     Returns:
       ``(model, variables)``: ``model.apply(variables, episodes)`` runs a batch of episodes.
     """
-    from panet_jax import pretrained, train_state
+    from panet_jax import encoders, train_state
 
     if source is not None and not is_weight_file(source):
         config = load_run_config(source)
@@ -156,19 +157,30 @@ def load_model(
             (config or base_config()).to_dict()
         )  # a copy we may edit
         if source is not None:
-            params = pretrained.load_any(source)
-            config.model.width = pretrained.encoder_width(params)
-            variables = as_panet_variables(jax.tree.map(jnp.asarray, params))
+            encoder = _read_weights(source, config.model.encoder)
+            config.model.encoder, config.model.width = encoders.identify(encoder)
+            variables = as_panet_variables(jax.tree.map(jnp.asarray, encoder))
         else:
             rng = jax.random.key(0) if rng is None else rng
             state = train_state.create_train_state(_without_pretrained(config), rng)
-            variables = {"params": state.params}
+            variables = state.variables()
     if dtype is not None:
         config.model.dtype = dtype
     model = build_model(config)
     if config.model.dtype == "float64":
         variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
     return model, variables
+
+
+def _read_weights(path: str | os.PathLike, encoder: str) -> dict[str, Any]:
+    """Encoder variables of a weight file: ImageNet ``.pth`` files are read as ``encoder``'s
+    (a VGG-16 and a ResNet state dict are both ``.pth``); ``.npz`` / ``.h5`` say what they
+    hold."""
+    from panet_jax import encoders
+
+    if encoder != "vgg16" and os.fspath(path).lower().endswith((".pth", ".pt")):
+        return encoders.load_weights(path, encoder)
+    return encoders.read_weight_file(path)
 
 
 def _without_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

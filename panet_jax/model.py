@@ -42,7 +42,8 @@ class PANet(nn.Module):
 
     def features(self, episodes: dict[str, Array]) -> tuple[Array, Array]:
         """Encode all supports and queries of the batch in one encoder call (as the official
-        code does; harmless because the encoder has no batch norm)."""
+        code does; harmless: VGG-16 has no batch norm and the ResNets' is frozen, so every
+        image is encoded on its own)."""
         supp = episodes["support_images"]
         qry = episodes["query_images"]
         b, n, k, h, w, _ = supp.shape

@@ -34,10 +34,40 @@ CountsTriple = dict[str, metrics.Counts]  # 'official' | 'strict' | 'background'
 def upsample_logits(scores: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """``[h, w, P]`` scores -> ``[H0, W0, P]`` float64 logits, PyTorch bilinear
     (``align_corners=False``) as :func:`panet_jax.ops.resize_bilinear`."""
-    h, w = scores.shape[:2]
+    return _upsample(scores, out_hw).transpose(0, 2, 1)
+
+
+def _upsample(scores: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """:func:`upsample_logits` as ``[H0, P, W0]`` (two BLAS matmuls, no copy at the end)."""
+    h, w, p = scores.shape
     rh, rw = ops.bilinear_matrix(h, int(out_hw[0])), ops.bilinear_matrix(w, int(out_hw[1]))
-    rows = np.tensordot(rh, np.asarray(scores, np.float64), axes=(1, 0))  # [H0, w, P]
-    return np.einsum("Hwp,Ww->HWp", rows, rw)
+    rows = rh @ np.asarray(scores, np.float64).reshape(h, w * p)  # [H0, w * P]
+    return rows.reshape(-1, w, p).transpose(0, 2, 1) @ rw.T
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, n_labels: int) -> np.ndarray:
+    """``[n_labels, n_labels]`` int64 pixel counts ``[target label, predicted label]`` over the
+    non-ignored pixels (labels ``0..n_labels - 1``; target 255 left out)."""
+    valid = target != IGNORE_LABEL
+    pairs = target[valid].astype(np.int64) * n_labels + pred[valid]
+    return np.bincount(pairs, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+
+
+def confusion_counts(
+    conf: np.ndarray, class_ids: np.ndarray, num_classes: int, *, strict: bool = False
+) -> metrics.Counts:
+    """The :mod:`panet_jax.metrics` counts of one query from its :func:`confusion` matrix:
+    label ``j``'s TP = ``conf[j, j]``, FP = column sum - TP, FN = row sum - TP, recorded for
+    dataset class ``[0, *class_ids][j]`` if the target has ``j`` (always when ``strict``)."""
+    tp = np.diag(conf)
+    present = conf.sum(1) > 0
+    keep = np.ones_like(present) if strict else present
+    out = metrics.zeros(num_classes)
+    labels = np.asarray([0, *np.asarray(class_ids).tolist()], np.int64)
+    parts = (tp, conf.sum(0) - tp, conf.sum(1) - tp, present.astype(np.int64))
+    for acc, x in zip(out, parts, strict=True):
+        np.add.at(acc, labels, np.where(keep, x, 0))
+    return out
 
 
 def image_counts(
@@ -47,18 +77,8 @@ def image_counts(
     """NumPy :func:`panet_jax.metrics.image_counts` of one query (any ``[H, W]``): int64
     ``[num_classes + 1]`` counts, 255 pixels ignored, absent classes skipped unless
     ``strict``."""
-    out = metrics.zeros(num_classes)
-    valid = target != IGNORE_LABEL
-    for j, label in enumerate([0, *np.asarray(class_ids).tolist()]):
-        p, t = (pred == j) & valid, target == j
-        present = bool(t.any())
-        if not (present or strict):
-            continue
-        out.tp[label] += np.count_nonzero(p & t)
-        out.fp[label] += np.count_nonzero(p & ~t)
-        out.fn[label] += np.count_nonzero(~p & t)
-        out.episodes[label] += present
-    return out
+    conf = confusion(pred, target, len(class_ids) + 1)
+    return confusion_counts(conf, class_ids, num_classes, strict=strict)
 
 
 def episode_counts(
@@ -70,11 +90,14 @@ def episode_counts(
     acc = {k: metrics.zeros(num_classes) for k in ("official", "strict", "background")}
     for q, target in enumerate(labels):
         target = np.asarray(target)
-        pred = np.argmax(upsample_logits(scores[q], target.shape), axis=-1)
+        pred = np.argmax(_upsample(scores[q], target.shape), axis=1)  # [H0, W0]
+        conf = confusion(pred, target, scores.shape[-1])
+        everything_bg = np.zeros_like(conf)
+        everything_bg[:, 0] = conf.sum(1)  # the all-background prediction's confusion
         parts = {
-            "official": image_counts(pred, target, class_ids, num_classes),
-            "strict": image_counts(pred, target, class_ids, num_classes, strict=True),
-            "background": image_counts(np.zeros_like(pred), target, class_ids, num_classes),
+            "official": confusion_counts(conf, class_ids, num_classes),
+            "strict": confusion_counts(conf, class_ids, num_classes, strict=True),
+            "background": confusion_counts(everything_bg, class_ids, num_classes),
         }
         acc = {k: metrics.add(acc[k], parts[k]) for k in acc}
     return acc

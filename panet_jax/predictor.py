@@ -43,6 +43,7 @@ class ModelSettings:
 
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     width: float | None = None  # None: inferred from the params
+    encoder: str | None = None  # None: recognised from the params
     dtype: str = "float32"
     scale: float = ops.DEFAULT_SCALE
 
@@ -80,6 +81,7 @@ def resolve_settings(
         run = {
             "image_size": tuple(int(v) for v in config.data.image_size),
             "width": float(config.model.width),
+            "encoder": str(config.model.encoder),
             "dtype": str(config.model.dtype),
             "scale": float(config.model.scale),
         }
@@ -161,20 +163,20 @@ def load_supports(
 def _compiled(model: PANet):
     """Jitted support prototypes and query score of one model."""
 
-    def encode(params, images):
-        return model.encoder.apply({"params": params}, images)
+    def encode(variables, images):
+        return model.encoder.apply(variables, images)
 
     @jax.jit
-    def prototypes(params, images, fg):
+    def prototypes(variables, images, fg):
         """images ``[K, H, W, 3]``, fg ``[K, H, W]`` -> ``[2, C]`` (bg, fg)."""
-        feats = encode(params, images)[None]  # [1, K, h, w, C]
+        feats = encode(variables, images)[None]  # [1, K, h, w, C]
         fg = fg[None].astype(feats.dtype)
         return ops.episode_prototypes(feats, fg, 1.0 - fg)
 
     @jax.jit
-    def scores(params, image, protos):
+    def scores(variables, image, protos):
         """image ``[H, W, 3]`` -> low-resolution fg-minus-bg score ``[h, w]``."""
-        s = ops.cosine_logits(encode(params, image[None])[0], protos, model.scale)
+        s = ops.cosine_logits(encode(variables, image[None])[0], protos, model.scale)
         return s[..., 1] - s[..., 0]
 
     return prototypes, scores
@@ -191,43 +193,30 @@ def upsample_threshold(score: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray
 
 def _model_and_params(
     source: Mapping[str, Any] | PathLike, settings: ModelSettings, step: int | None
-) -> tuple[PANet, Any]:
-    from panet_jax import loading
+) -> tuple[PANet, dict[str, Any]]:
+    """The model and its encoder's variables (host copies, in the compute dtype's precision)."""
+    from panet_jax import encoders, loading
     from panet_jax.config_base import base_config
 
     if isinstance(source, (str, os.PathLike)):
         variables = loading.load_variables(source, step=step)
     else:
         variables = loading.as_panet_variables(source)
-    params = variables["params"]["encoder"]
+    encoder = {c: tree["encoder"] for c, tree in variables.items()}
+    name, width = encoders.identify(encoder)
+    if settings.encoder not in (None, name):
+        raise ValueError(f"the run's encoder is {settings.encoder!r}, its variables hold {name}")
     config = base_config()
-    config.model.width = settings.width or _width_of(params)
+    config.model.encoder, config.model.width = name, settings.width or width
     config.model.dtype, config.model.scale = settings.dtype, float(settings.scale)
-    model = loading.build_model(config)
-    _check_params(params, config.model.width)
-    cast = np.float64 if settings.dtype == "float64" else None
-    params = jax.tree.map(lambda x: np.asarray(x, cast), params)  # host copy, any device layout
-    return model, params
-
-
-def _width_of(params: Mapping[str, Any]) -> float:
-    from panet_jax import pretrained
-
-    if "conv5_3" not in params:
+    if config.model.width != width:
         raise ValueError(
-            "variables do not hold a VGG-16 PANet encoder (expected "
-            "{'params': {'encoder': {'conv1_1': ..., 'conv5_3': ...}}})"
+            f"width={config.model.width}: the {name} encoder params are width {width} (pass the "
+            "width the model was trained with)"
         )
-    return pretrained.encoder_width(params)
-
-
-def _check_params(params: Mapping[str, Any], width: float) -> None:
-    from panet_jax import pretrained
-
-    pretrained.check_encoder_params(
-        params, f"encoder params at width={width} (pass the width the model was trained with)",
-        width,
-    )  # fmt: skip
+    cast = np.float64 if settings.dtype == "float64" else None
+    encoder = jax.tree.map(lambda x: np.asarray(x, cast), encoder)  # host copy, any layout
+    return loading.build_model(config), encoder
 
 
 def predict(
@@ -277,13 +266,13 @@ def predict(
     query_arrays = [
         load_image(q, describe(f"query_images[{i}]", q), value_range) for i, q in enumerate(queries)
     ]
-    model, params = _model_and_params(source, settings, step)
+    model, variables = _model_and_params(source, settings, step)
     prototypes_fn, scores_fn = _compiled(model)
     dtype_ = np.float64 if settings.dtype == "float64" else np.float32
-    protos = prototypes_fn(params, images.astype(dtype_), fg.astype(dtype_))
+    protos = prototypes_fn(variables, images.astype(dtype_), fg.astype(dtype_))
     out = []
     for q in query_arrays:
         image = preprocess.normalize_image(preprocess.resize_image(q, settings.image_size))
-        score = scores_fn(params, image.astype(dtype_), protos)
+        score = scores_fn(variables, image.astype(dtype_), protos)
         out.append(upsample_threshold(np.asarray(score), q.shape[:2]))
     return out

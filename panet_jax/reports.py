@@ -152,6 +152,18 @@ def markdown_tables(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scoring_note(settings: Mapping[str, Any]) -> str:
+    """Where the IoU is computed and which episodes the small-object filter drops, in words
+    (``settings['original_size']``, ``settings['min_object_pixels']``; absent = off)."""
+    h, w = settings["image_size"]
+    where = ("scored at each query's original label size (`original_size`)"
+             if settings.get("original_size") else f"scored at {h}x{w}")  # fmt: skip
+    low = int(settings.get("min_object_pixels") or 0)
+    kept = (f"objects under {low} raw pixels dropped (`min_object_pixels={low}`)" if low
+            else "no small-object filter (`min_object_pixels=0`)")  # fmt: skip
+    return f"{where}, {kept}"
+
+
 def markdown_report(results: Mapping[str, Any]) -> str:
     """``results.md``: the settings in a paragraph, the metric definitions, the tables."""
     s = results["settings"]
@@ -162,7 +174,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"{s['runs']} runs x {s['episodes']} episodes (seeds {s['seed']}.."
         f"{s['seed'] + s['runs'] - 1}), split `{s['split']}`, {s['support_annotation']} "
         f"supports, {s['image_size'][0]}x{s['image_size'][1]} px, sampler `{s['sampler']}` "
-        f"(episodes listed in `{EPISODE_LIST}`); {s['devices']} devices x "
+        f"(episodes listed in `{EPISODE_LIST}`); {scoring_note(s)}; {s['devices']} devices x "
         f"{s['per_device_batch']} episodes/step; {results['seconds']:.0f} s "
         f"({results['episodes_per_s']:.1f} episodes/s).",
         "",

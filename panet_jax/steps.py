@@ -55,7 +55,7 @@ def make_train_step(
             params = jax.lax.pcast(params, axis_name, to="varying")
 
         def loss_fn(p):
-            outputs = state.apply_fn({"params": p}, batch)
+            outputs = state.apply_fn(state.variables(p), batch)
             return panet_loss(outputs, batch, **loss_kwargs)
 
         (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -70,21 +70,28 @@ def make_train_step(
 
 def labels_step(state: TrainState, batch: Batch) -> jax.Array:
     """``[B, Q, H, W]`` argmax predictions of this device's episodes (no collective)."""
-    return ops.hard_labels(state.apply_fn({"params": state.params}, batch)["logits"])
+    return ops.hard_labels(state.apply_fn(state.variables(), batch)["logits"])
 
 
 def make_eval_step(
-    model: PANet, num_classes: int, axis_name: str | None = BATCH_AXIS
-) -> Callable[[Any, Batch, jax.Array], tuple[CountsTriple, jax.Array]]:
+    model: PANet, num_classes: int, axis_name: str | None = BATCH_AXIS,
+    *, original_size: bool = False,
+) -> Callable[[Any, Batch, jax.Array], tuple[Any, jax.Array]]:  # fmt: skip
     """``eval_step(variables, batch, valid [B]) -> (counts, predictions [B, Q, H, W])``.
 
     ``counts``: ``{'official', 'strict', 'background'}`` int32 :class:`metrics.Counts`
     ``[num_classes + 1]`` summed over the global batch (padding episodes, ``valid=False``,
     count nothing): the official metric, the strict one, and an all-background prediction's.
+    ``original_size``: instead of counts, this device's low-resolution ``scores [B, Q, h, w,
+    1 + N]`` (no collective), scored at each query's raw size on the host
+    (:mod:`panet_jax.original_size`).
     """
 
     def eval_step(variables: Any, batch: Batch, valid: jax.Array):
-        pred = ops.hard_labels(model.apply(variables, batch)["logits"])
+        outputs = model.apply(variables, batch)
+        pred = ops.hard_labels(outputs["logits"])
+        if original_size:
+            return outputs["scores"], pred
         labels, ids = batch["query_labels"], batch["class_ids"]
 
         def counts(p: jax.Array, strict: bool = False) -> metrics.Counts:

@@ -239,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         is_main = jax.process_index() == 0
         eval_metrics = evaluation.evaluate(
-            config, {"params": state.params}, workdir=os.path.abspath(workdir), progress=is_main
+            config, state.variables(), workdir=os.path.abspath(workdir), progress=is_main
         )
         if is_main:
             scalars = {

@@ -161,6 +161,32 @@ def test_fallback_split_from_official_test_list(tmp_path, caplog):
     assert sum("NOT HSNet's class split" in w for w in loud) == 2
 
 
+def _shipped(name: str) -> list[str]:
+    path = os.path.join(os.path.dirname(builders.__file__), "..", "splits", "fss1000", name)
+    with open(path, newline="") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def test_full_dataset_uses_hsnets_shipped_split(tmp_path, caplog):
+    from panet_jax.data.builders import fss1000
+
+    shipped = {s: _shipped(f) for s, f in (("train", "trn.txt"), ("val", "val.txt"),
+                                            ("test", "test.txt"))}  # fmt: skip
+    assert {s: len(v) for s, v in shipped.items()} == {"train": 520, "val": 240, "test": 240}
+    assert len({n for v in shipped.values() for n in v}) == 1000  # disjoint
+    assert shipped["test"][:3] == ["bus", "hotel_slipper", "burj_al"]  # HSNet's order
+    root = tmp_path / "FSS-1000"
+    for name in (n for v in shipped.values() for n in v):
+        (root / name).mkdir(parents=True)
+    split = fss1000.class_split(str(root), str(tmp_path))
+    assert split.source == fss1000.SOURCE_HSNET and "shipped with panet_jax" in split.description
+    assert split.classes == {s: sorted(v) for s, v in shipped.items()}
+    # One class folder short: the shipped lists no longer apply, and (b) / (c) decide.
+    (root / shipped["val"][7]).rmdir()
+    with pytest.raises(FileNotFoundError, match="no FSS-1000 class split found"):
+        fss1000.class_split(str(root), str(tmp_path))
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     return fx.write_fss_tree(str(tmp_path_factory.mktemp("pristine") / "raw"))

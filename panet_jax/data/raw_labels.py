@@ -16,6 +16,7 @@ The episode pipeline resizes every mask to ``image_size``; two evaluation option
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import tensorflow_datasets as tfds
 

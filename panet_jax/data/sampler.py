@@ -167,6 +167,8 @@ def drop_small_objects(
     ``min_pixels`` pixels of the image's raw mask: the image is no longer listed for that class
     (``classes`` and ``class_order``, whose order is kept). PFENet's ``make_dataset`` rule
     (``tmp_label.sum() >= 2 * 32 * 32`` on the un-resized label); other pairs are untouched.
+    (PFENet's test loader then picks a listed query's class among *all* the image's test
+    classes, unfiltered; here the query's pair itself must pass, as its supports' must.)
 
     ``pixels`` is called once, with the sorted example indices listed for ``classes``.
     """

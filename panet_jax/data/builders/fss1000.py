@@ -8,8 +8,10 @@ github HKUSTCV/FSS-1000.
 
 **Class split source**, in order of preference:
 
-a. HSNet's split lists ``trn.txt``, ``val.txt``, ``test.txt`` (one class folder name per line)
-   in ``<manual_dir>/splits/fss/`` or ``<manual_dir>/fss_splits/``;
+a. split lists in HSNet's format, ``trn.txt``, ``val.txt``, ``test.txt`` (one class folder name
+   per line) in ``<manual_dir>/splits/fss/`` or ``<manual_dir>/fss_splits/``;
+a'. otherwise HSNet's own lists, shipped in ``panet_jax/data/splits/fss1000/``, when every class
+   they name has a folder (the full dataset);
 b. otherwise the official ``<manual_dir>/fss_test_set.txt`` for the test classes and a seeded
    split of the other classes: their sorted names permuted by
    ``np.random.RandomState(0).permutation``, the first ``round(n * 520 / 760)`` (half up) are
@@ -36,6 +38,7 @@ test loop visits the queries.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import logging
 import os
 from collections.abc import Iterator
@@ -52,6 +55,7 @@ SPLITS = ("train", "val", "test")
 HSNET_LIST_NAMES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 HSNET_CLASS_COUNTS = {"train": 520, "val": 240, "test": 240}
 SPLIT_LIST_DIRS = (os.path.join("splits", "fss"), "fss_splits")  # relative to manual_dir
+SHIPPED_SPLIT_DIR = os.path.join("splits", "fss1000")  # HSNet's lists, in panet_jax.data
 OFFICIAL_TEST_LIST = "fss_test_set.txt"
 FALLBACK_SEED = 0
 IMAGES_PER_CLASS = 10
@@ -70,11 +74,13 @@ Put FSS-1000 in `manual_dir` (HSNet's layout):
 `manual_dir` may also be the FSS-1000 folder itself (the folder holding the 1,000 class
 folders). The class split comes from, in order of preference:
 
-  (a) HSNet's split lists (github juhongm999/hsnet, data/splits/fss/), copied by you to
+  (a) split lists of your own, in HSNet's format, at
         <manual_dir>/splits/fss/{trn,val,test}.txt   or   <manual_dir>/fss_splits/{trn,val,test}.txt
-      (one class folder name per line; 520 / 240 / 240 classes). Use these to compare with
-      HSNet and its successors.
-  (b) without them: the official test list (github HKUSTCV/FSS-1000, fss_test_set.txt) at
+      (one class folder name per line);
+  (a') otherwise HSNet's own lists (github juhongm999/hsnet, data/splits/fss/; 520 / 240 / 240
+      classes), shipped with panet_jax, when every class they name has a folder: the full
+      FSS-1000 needs nothing else. Use these to compare with HSNet and its successors.
+  (b) otherwise (a subset of the classes): the official test list (github HKUSTCV/FSS-1000, fss_test_set.txt) at
         <manual_dir>/fss_test_set.txt
       and a seeded 520:240 train/val split of the other classes. This is NOT HSNet's split:
       val numbers are not comparable to HSNet's.
@@ -273,12 +279,34 @@ def fallback_split(root: str, test_list: str) -> ClassSplit:
     return split
 
 
+def shipped_split_dir() -> str:
+    """The folder of HSNet's split lists shipped with panet_jax (``panet_jax/data/splits``)."""
+    return str(importlib.resources.files("panet_jax.data").joinpath(SHIPPED_SPLIT_DIR))
+
+
+def _missing_shipped_classes(root: str) -> list[str]:
+    """Classes of the shipped HSNet lists that have no folder under ``root``."""
+    folder = shipped_split_dir()
+    names = [n for f in HSNET_LIST_NAMES.values() for n in read_class_list(os.path.join(folder, f))]
+    return [n for n in names if not os.path.isdir(os.path.join(root, n))]
+
+
 def class_split(root: str, manual_dir: str) -> ClassSplit:
-    """The class split from source (a), else (b), else a ``FileNotFoundError`` explaining both."""
+    """The class split from source (a), else HSNet's shipped lists when every class they name
+    is present, else (b), else a ``FileNotFoundError`` explaining all three."""
     official_test = os.path.join(manual_dir, OFFICIAL_TEST_LIST)
     split_dir = find_split_dir(manual_dir)
     if split_dir is not None:
         return hsnet_split(root, split_dir, official_test, manual_dir)
+    missing = _missing_shipped_classes(root)
+    if not missing:
+        split = hsnet_split(root, shipped_split_dir(), official_test)
+        shipped = "HSNet's split lists (juhongm999/hsnet data/splits/fss, shipped with panet_jax)"
+        return dataclasses.replace(split, description=shipped)
+    log.info(
+        "fss1000: HSNet's shipped split lists name %d classes without a folder in %s (e.g. %s); "
+        "not using them", len(missing), root, missing[:3],
+    )  # fmt: skip
     if os.path.isfile(official_test):
         return fallback_split(root, official_test)
     looked = [os.path.join(manual_dir, rel) for rel in SPLIT_LIST_DIRS]
