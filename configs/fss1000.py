@@ -11,17 +11,16 @@ of its class as the support, one run with a fixed seed (HSNet: ``fix_randseed(0)
 split, supports random other images of the class.
 """
 
-from panet_jax.config_base import apply_arg, base_config
+from panet_jax.config_base import apply_arg, base_config, with_imagenet_weights
 
 
 def get_config(arg: str | None = None):
     c = base_config()
     c.data.dataset = "fss1000"
     c.data.image_size = (400, 400)
-    c.model.pretrained = "pretrained_model/vgg16-397923af.pth"
     c.eval.protocol = "hsnet"  # the list walk: every (test image, class) pair in order
     c.eval.sampler = "stateless"  # (the hsnet walk has no official PANet draw to replay)
     c.eval.runs = 1
     c.eval.episodes = 0  # one per test image
     c.eval.seed = 0
-    return apply_arg(c, arg)
+    return with_imagenet_weights(apply_arg(c, arg))  # ':encoder=resnet50' picks its weights

@@ -42,7 +42,8 @@ def _upsample(scores: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     h, w, p = scores.shape
     rh, rw = ops.bilinear_matrix(h, int(out_hw[0])), ops.bilinear_matrix(w, int(out_hw[1]))
     rows = rh @ np.asarray(scores, np.float64).reshape(h, w * p)  # [H0, w * P]
-    return rows.reshape(-1, w, p).transpose(0, 2, 1) @ rw.T
+    rows = rows.reshape(-1, w, p).transpose(0, 2, 1).reshape(-1, w)  # [H0 * P, w]
+    return (rows @ rw.T).reshape(-1, p, rw.shape[0])
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, n_labels: int) -> np.ndarray:

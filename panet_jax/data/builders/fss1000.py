@@ -80,7 +80,8 @@ folders). The class split comes from, in order of preference:
   (a') otherwise HSNet's own lists (github juhongm999/hsnet, data/splits/fss/; 520 / 240 / 240
       classes), shipped with panet_jax, when every class they name has a folder: the full
       FSS-1000 needs nothing else. Use these to compare with HSNet and its successors.
-  (b) otherwise (a subset of the classes): the official test list (github HKUSTCV/FSS-1000, fss_test_set.txt) at
+  (b) otherwise (a subset of the classes): the official test list (github HKUSTCV/FSS-1000,
+      fss_test_set.txt) at
         <manual_dir>/fss_test_set.txt
       and a seeded 520:240 train/val split of the other classes. This is NOT HSNet's split:
       val numbers are not comparable to HSNet's.
