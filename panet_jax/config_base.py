@@ -61,85 +61,115 @@ def with_imagenet_weights(c: ml_collections.ConfigDict) -> ml_collections.Config
     return c
 
 
+def _model_section() -> ml_collections.ConfigDict:
+    """The encoder and the head (VGG-16, the official scoring scale)."""
+    s = ml_collections.ConfigDict()
+    s.encoder = "vgg16"  # 'vgg16' (official) | 'resnet50' | 'resnet101' (layer3, OS 8)
+    s.width = 1.0  # channel multiplier (1.0 = real VGG-16)
+    s.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' | 'float64' (x64 checks)
+    s.scale = 20.0  # cosine scaling alpha
+    # ImageNet init: torchvision vgg16-397923af.pth, Keras VGG16 .h5, or a converted .npz.
+    # '' = random init (kaiming normal, as the official code before its weight copy).
+    s.pretrained = ""
+    # Encoder layers left untouched by training (optax masking): '' none, 'all', or a comma
+    # list of top-level layers ('conv1_1,conv1_2' for VGG-16; 'conv1,bn1,layer1' for ResNets).
+    s.frozen = ""
+    return s
+
+
+def _data_section() -> ml_collections.ConfigDict:
+    """Dataset, fold and episode shape (PASCAL-5i fold 0, 1-way 1-shot, 417 x 417)."""
+    s = ml_collections.ConfigDict()
+    s.dataset = "pascal5i"  # 'pascal5i' | 'coco20i' | 'fss1000' | 'synthetic'
+    s.data_dir = ""  # TFDS data_dir with the prepared dataset ('' = TFDS default)
+    s.fold = 0
+    s.n_ways = 1
+    s.n_shots = 1
+    s.n_queries = 1
+    s.image_size = (417, 417)
+    s.coco_split = "panet"  # 'panet' (consecutive blocks) | 'interleaved'
+    # TFDS builder config ('' = the builder's default; synthetic: 'default' | 'small' | 'tiny').
+    s.builder_config = ""
+    # Generate the dataset into data_dir when it is missing (only 'synthetic' can be generated).
+    s.auto_prepare = False
+    return s
+
+
+def _train_section() -> ml_collections.ConfigDict:
+    """The training loop: 30k steps of one episode, PAR on, logging and checkpoints."""
+    s = ml_collections.ConfigDict()
+    s.steps = 30_000
+    s.per_device_batch = 1  # episodes per device per step
+    s.align = True  # prototype alignment regularisation
+    s.par_weight = 1.0  # lambda
+    s.log_every = 100
+    s.image_every = 1000  # prediction images to TensorBoard
+    s.checkpoint_every = 1000
+    s.keep_checkpoints = 3
+    s.eval_after = False  # run the test-fold evaluation when training ends
+    # Resume a workdir whose config.json differs in run-defining keys (else: refuse to start).
+    s.resume_mismatch_ok = False
+    return s
+
+
+def _optim_section() -> ml_collections.ConfigDict:
+    """PyTorch SGD + L2 + MultiStepLR: the official optimiser."""
+    s = ml_collections.ConfigDict()
+    s.lr = 1e-3
+    s.momentum = 0.9
+    s.weight_decay = 5e-4  # PyTorch-style L2 added to the gradient, biases included
+    s.milestones = (10_000, 20_000, 30_000)
+    s.gamma = 0.1
+    return s
+
+
+def _parallel_section() -> ml_collections.ConfigDict:
+    """Data parallelism: shard_map or pmap, multi-host start."""
+    s = ml_collections.ConfigDict()
+    s.impl = "shard_map"  # 'shard_map' (jit(shard_map)) | 'pmap'
+    s.distributed = False  # call jax.distributed.initialize() (TPU pods, multi-host)
+    s.coordinator_address = ""  # only for non-TPU multi-process runs
+    s.num_processes = 0
+    s.process_id = -1
+    # CPU cross-process collectives for multi-process CPU runs ('' = JAX default, none).
+    s.cpu_collectives = "gloo"
+    return s
+
+
+def _eval_section() -> ml_collections.ConfigDict:
+    """The test protocol: PANet's 5 x 1000 official episodes by default."""
+    s = ml_collections.ConfigDict()
+    s.protocol = "panet"  # 'panet' (5 x 1000, trainaug pool) | 'hsnet' (VOC val lists)
+    s.runs = 5
+    s.episodes = 1000  # per run; protocol 'hsnet' also takes 0: every listed pair once
+    s.seed = 1234  # run r uses seed + r
+    s.support_annotation = "dense"  # 'dense' | 'scribble' | 'bbox'
+    s.per_device_batch = 1
+    s.num_images = 4  # overlay PNGs written
+    # 'official': replays the official test episodes (test.py's random.Random(seed + run) draw
+    # over the per-class image lists, and its scribble picks); needs PANet's per-class lists.
+    # 'stateless': per-episode NumPy seeds (other episodes). The HSNet protocol ignores it.
+    s.sampler = "official"
+    s.split = ""  # TFDS split override ('' = protocol default: trainaug | val | test)
+    # Score at each query's raw label size (logits upsampled to it; HSNet use_original_imgsize,
+    # PFENet ori_resize) instead of at data.image_size (PANet).
+    s.original_size = False
+    # PFENet / BAM small-object filter: images with fewer raw pixels of a class are no query or
+    # support of that class (they use 2 * 32 * 32 = 2048). 0 = off (PANet, HSNet).
+    s.min_object_pixels = 0
+    return s
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The official PANet recipe (VGG-16, PASCAL-5i, 1-way 1-shot, 30k SGD steps)."""
     c = ml_collections.ConfigDict()
     c.seed = 1234
-
-    c.model = ml_collections.ConfigDict()
-    c.model.encoder = "vgg16"  # 'vgg16' (official) | 'resnet50' | 'resnet101' (layer3, OS 8)
-    c.model.width = 1.0  # channel multiplier (1.0 = real VGG-16)
-    c.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' | 'float64' (x64 checks)
-    c.model.scale = 20.0  # cosine scaling alpha
-    # ImageNet init: torchvision vgg16-397923af.pth, Keras VGG16 .h5, or a converted .npz.
-    # '' = random init (kaiming normal, as the official code before its weight copy).
-    c.model.pretrained = ""
-    # Encoder layers left untouched by training (optax masking): '' none, 'all', or a comma
-    # list of top-level layers ('conv1_1,conv1_2' for VGG-16; 'conv1,bn1,layer1' for ResNets).
-    c.model.frozen = ""
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "pascal5i"  # 'pascal5i' | 'coco20i' | 'synthetic'
-    c.data.data_dir = ""  # TFDS data_dir with the prepared dataset ('' = TFDS default)
-    c.data.fold = 0
-    c.data.n_ways = 1
-    c.data.n_shots = 1
-    c.data.n_queries = 1
-    c.data.image_size = (417, 417)
-    c.data.coco_split = "panet"  # 'panet' (consecutive blocks) | 'interleaved'
-    # TFDS builder config ('' = the builder's default; synthetic: 'default' | 'small' | 'tiny').
-    c.data.builder_config = ""
-    # Generate the dataset into data_dir when it is missing (only 'synthetic' can be generated).
-    c.data.auto_prepare = False
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 30_000
-    c.train.per_device_batch = 1  # episodes per device per step
-    c.train.align = True  # prototype alignment regularisation
-    c.train.par_weight = 1.0  # lambda
-    c.train.log_every = 100
-    c.train.image_every = 1000  # prediction images to TensorBoard
-    c.train.checkpoint_every = 1000
-    c.train.keep_checkpoints = 3
-    c.train.eval_after = False  # run the test-fold evaluation when training ends
-    # Resume a workdir whose config.json differs in run-defining keys (else: refuse to start).
-    c.train.resume_mismatch_ok = False
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 5e-4  # PyTorch-style L2 added to the gradient, biases included
-    c.optim.milestones = (10_000, 20_000, 30_000)
-    c.optim.gamma = 0.1
-
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.impl = "shard_map"  # 'shard_map' (jit(shard_map)) | 'pmap'
-    c.parallel.distributed = False  # call jax.distributed.initialize() (TPU pods, multi-host)
-    c.parallel.coordinator_address = ""  # only for non-TPU multi-process runs
-    c.parallel.num_processes = 0
-    c.parallel.process_id = -1
-    # CPU cross-process collectives for multi-process CPU runs ('' = JAX default, none).
-    c.parallel.cpu_collectives = "gloo"
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.protocol = "panet"  # 'panet' (5 x 1000, trainaug pool) | 'hsnet' (VOC val lists)
-    c.eval.runs = 5
-    c.eval.episodes = 1000  # per run; protocol 'hsnet' also takes 0: every listed pair once
-    c.eval.seed = 1234  # run r uses seed + r
-    c.eval.support_annotation = "dense"  # 'dense' | 'scribble' | 'bbox'
-    c.eval.per_device_batch = 1
-    c.eval.num_images = 4  # overlay PNGs written
-    # 'official': replays the official test episodes (test.py's random.Random(seed + run) draw
-    # over the per-class image lists, and its scribble picks); needs PANet's per-class lists.
-    # 'stateless': per-episode NumPy seeds (other episodes). The HSNet protocol ignores it.
-    c.eval.sampler = "official"
-    c.eval.split = ""  # TFDS split override ('' = protocol default: trainaug | val | test)
-    # Score at each query's raw label size (logits upsampled to it; HSNet use_original_imgsize,
-    # PFENet ori_resize) instead of at data.image_size (PANet).
-    c.eval.original_size = False
-    # PFENet / BAM small-object filter: images with fewer raw pixels of a class are no query or
-    # support of that class (they use 2 * 32 * 32 = 2048). 0 = off (PANet, HSNet).
-    c.eval.min_object_pixels = 0
+    c.model = _model_section()
+    c.data = _data_section()
+    c.train = _train_section()
+    c.optim = _optim_section()
+    c.parallel = _parallel_section()
+    c.eval = _eval_section()
     return c
 
 

@@ -196,6 +196,32 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def read_torch_state_dict(path: str, error: type[Exception]) -> Mapping[str, Any]:
+    """The state dict in a torch-saved file (a ``{'state_dict': ...}`` wrapper accepted), read
+    with ``torch.load(map_location='cpu', weights_only=True)``; ``error`` naming the file
+    when it is unreadable or holds something else. Needs PyTorch (imported here)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"cannot read {path!r}: {TORCH_INSTALL_HINT}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        raise error(
+            f"{path}: torch.load could not read it as a state dict (truncated or corrupt "
+            f"file? {type(e).__name__}: {first})"
+        ) from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise error(
+            f"{path}: expected a state dict (a mapping of names to tensors), found "
+            f"{type(obj).__name__}"
+        )
+    return obj
+
+
 def load_torchvision_vgg16(path: str | os.PathLike) -> EncoderParams:
     """Read torchvision's ``vgg16-397923af.pth`` into full-width encoder params.
 
@@ -205,24 +231,8 @@ def load_torchvision_vgg16(path: str | os.PathLike) -> EncoderParams:
     the key and the expected vs found shape for anything else (VGG-19, ResNet, VGG-16-BN ...).
     """
     path = _check_file(path)
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"cannot read {path!r}: {TORCH_INSTALL_HINT}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PretrainedWeightsError(
-            f"{path}: torch.load could not read it as a state dict ({type(e).__name__}: {e})"
-        ) from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise PretrainedWeightsError(
-            f"{path}: expected a state dict (a mapping of names to tensors), found "
-            f"{type(obj).__name__}"
-        )
-    return torchvision_state_to_params(obj, width=1.0, source=path)
+    state_dict = read_torch_state_dict(path, PretrainedWeightsError)
+    return torchvision_state_to_params(state_dict, width=1.0, source=path)
 
 
 # --------------------------------------------------------------------------------------------

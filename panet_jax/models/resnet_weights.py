@@ -42,7 +42,7 @@ from panet_jax.models.resnet import (
     scaled_channels,
     stage_planes,
 )
-from panet_jax.pretrained import TORCH_INSTALL_HINT, PretrainedWeightsError, read_npz
+from panet_jax.pretrained import PretrainedWeightsError, read_npz, read_torch_state_dict
 
 Variables = dict[str, Any]  # {'params': nested dict, 'batch_stats': nested dict}
 COLLECTIONS = ("params", "batch_stats")
@@ -332,26 +332,8 @@ def load_torchvision_resnet(path: str | os.PathLike, depth: int, width: float = 
     """
     path = _check_file(path)
     check_depth(depth)
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"cannot read {path!r}: {TORCH_INSTALL_HINT}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
-        raise ResNetWeightsError(
-            f"{path}: torch.load could not read it as a state dict (truncated or corrupt "
-            f"file? {type(e).__name__}: {first})"
-        ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ResNetWeightsError(
-            f"{path}: expected a state dict (a mapping of names to tensors), found "
-            f"{type(obj).__name__}"
-        )
-    return torchvision_state_to_variables(obj, depth=depth, width=width, source=path)
+    state_dict = read_torch_state_dict(path, ResNetWeightsError)
+    return torchvision_state_to_variables(state_dict, depth=depth, width=width, source=path)
 
 
 def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
