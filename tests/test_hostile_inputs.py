@@ -237,6 +237,19 @@ def _cli_cases(world) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ("train.py", [f"--config={h.RUNLOCAL}", f"--workdir={world['root'] / 'n5'}",
                       f"--config.data.data_dir={world['root'] / 'nodata'}",
                       "--config.data.auto_prepare=False"], ("not prepared", "prepare_data.py")),
+        ("train.py", [*train, f"--workdir={world['root'] / 'n6'}", "--config.model.encoder=vgg19"],
+         ("config.model.encoder='vgg19'", "resnet50")),
+        ("train.py", [*train, f"--workdir={world['root'] / 'n7'}",
+                      "--config.model.encoder=resnet50", "--config.model.frozen=conv1_1"],
+         ("config.model.frozen='conv1_1'", "layer3")),
+        ("train.py", [*train, f"--workdir={world['root'] / 'n8'}", "--config.model.frozen=all"],
+         ("config.model.frozen='all'", "nothing would train")),
+        ("train.py", [*train, f"--workdir={world['root'] / 'n9'}",
+                      "--config.model.encoder=resnet50",
+                      f"--config.model.pretrained={user / 'junk.pth'}"],
+         ("junk.pth",)),
+        ("evaluate.py", [*evaluate, "--config.eval.min_object_pixels=-5"],
+         ("config.eval.min_object_pixels=-5",)),
         ("evaluate.py", [*evaluate, "--step=99"], ("step 99", "saved steps")),
         ("evaluate.py", [*evaluate, "--config.eval.runs=0"], ("config.eval.runs=0",)),
         ("evaluate.py", [*train, f"--checkpoint={world['root'] / 'missing'}"],
@@ -253,12 +266,12 @@ def _cli_cases(world) -> list[tuple[str, list[str], tuple[str, ...]]]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(22))
 def test_entry_points_fail_in_one_clear_line(world, case):
     """Each case from scratch: exit != 0, no traceback, the flag / file / key named, and the
     user's files untouched."""
     cases = _cli_cases(world)
-    assert len(cases) == 17
+    assert len(cases) == 22
     script, args, words = cases[case]
     before = {k: _digest(world[k]) for k in ("wd", "user")}
     assert_clean_failure(run_cli(script, *args), *words)
