@@ -39,6 +39,9 @@ def verbose() -> bool:
     return bool(parsed) or os.environ.get("PANET_VERBOSE", "") not in ("", "0")
 
 
+_CONFIG_NOT_LOADED = "Configuration is not available because of an earlier failure to load"
+
+
 def error_message(e: BaseException) -> str:
     """The user-facing text of an expected error (a full disk and permissions spelled out)."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.strerror:  # a bare OS error
@@ -47,6 +50,9 @@ def error_message(e: BaseException) -> str:
     if isinstance(e, PermissionError):
         return f"permission denied: {e.filename or e}"
     text = str(e) or type(e).__name__
+    if text.startswith(_CONFIG_NOT_LOADED):  # ml_collections: the --config file failed to load
+        cause = text.strip().splitlines()[-1].strip()
+        return f"--config: the config file could not be loaded: {cause}"
     lines = text.strip().splitlines()
     if len(lines) > MAX_LINES:
         lines = [*lines[: MAX_LINES - 1], f"... ({len(lines) - MAX_LINES + 1} more lines)"]
