@@ -5,7 +5,7 @@ r"""Time the training step the trainer runs, and the evaluator's forward, option
     python experiments/benchmark.py --sizes=128 --width=0.125 --batch=4 --compare_pytorch  # demo
 
 Per configuration (image size, shots, kind), built from ``config_base.base_config()`` with
-``--width`` / ``--batch`` / ``--ways`` / ``--queries`` / ``--dtype``:
+``--width`` / ``--batch`` / ``--ways`` / ``--queries`` / ``--dtypes``:
 
 * ``train``: :func:`panet_jax.steps.make_train_step` on a
   :func:`panet_jax.train_state.create_train_state` state (random init, SGD momentum 0.9, weight
@@ -15,7 +15,8 @@ Per configuration (image size, shots, kind), built from ``config_base.base_confi
 
 Each *variant* is one way to compile it: ``default`` (this project's per-executable options,
 :mod:`panet_jax.xla_options`), ``xla`` (XLA's own defaults: the YNNPACK fusions on), ``ynn_off``,
-``ynn_dots`` (only dots in YNNPACK), or any ``--define_variant=name={"xla_option": value}``.
+``ynn_dots`` (only dots in YNNPACK), or any ``--define_variant=name={"xla_option": value}``;
+variants that compile the same executable for a step are timed once, as ``default=xla``.
 ``--compare_pytorch`` adds ``torch``: the official model and losses re-stated in PyTorch
 (``tests/torch_reference.py``) with ``torch.optim.SGD(lr 1e-3, momentum 0.9, weight decay
 5e-4)``; eval is its ``no_grad`` forward + argmax. The variants of a configuration run in one
@@ -24,13 +25,16 @@ machine's load hit them alike; a fresh subprocess per configuration (``--isolate
 peak RSS a per-configuration figure (``--noalternate``: one subprocess per variant, so
 per-variant peaks, no alternation). Inputs are synthetic episodes already on the device.
 
-Reported per row: median / min seconds over ``--repeats`` rounds (fewer when ``--budget_s`` runs
-out, at least ``--min_repeats``), episodes/s, GFLOP per step (the compiled executable's
-``cost_analysis()['flops']``; PyTorch rows use the ``default`` executable's count), GFLOP/s
-against the measured float32 matmul rate (``--matmul_size``, in JAX) and against the
-theoretical FMA peak (cores x clock x FMA units x lanes x 2, from ``/proc/cpuinfo``; the
-derivation is printed), peak RSS, and the time ratio to ``torch``. Prints a Markdown table;
-``--out`` writes JSON atomically.
+Reported per row: median / min wall seconds over ``--repeats`` rounds (fewer when
+``--budget_s`` runs out, at least ``--min_repeats``) and the median process CPU seconds (all
+threads: steadier on a shared machine), GFLOP per step (the compiled executable's
+``cost_analysis()['flops']``; PyTorch rows use the first JAX executable's count), GFLOP/s
+against the measured matmul rate of the row's dtype (``--matmul_size``, in JAX) and, on CPU,
+against the theoretical FMA peak (cores x clock x FMA units x lanes x 2, from
+``/proc/cpuinfo``; the derivation is printed), the peak memory (process RSS on CPU, the
+allocator's peak on accelerators), the time ratios to ``torch`` and, in the JSON, episodes/s,
+MFU and the last loss. Prints a Markdown table; ``--out`` writes JSON atomically.
+``main(argv)`` runs it from Python (``experiments/gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json
+import math
 import platform
 import re
 import resource
@@ -67,12 +72,16 @@ flags.DEFINE_float("width", 1.0, "Encoder channel multiplier (config.model.width
 flags.DEFINE_integer("batch", 1, "Episodes per device per step (config.train.per_device_batch).")
 flags.DEFINE_integer("ways", 1, "N (config.data.n_ways).")
 flags.DEFINE_integer("queries", 1, "Queries per episode (config.data.n_queries).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "config.model.dtype.")
+flags.DEFINE_list("dtypes", ["float32"], "config.model.dtype values: float32, bfloat16.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds (one step of every variant each).")
 flags.DEFINE_integer("min_repeats", 2, "Rounds run even when --budget_s is exceeded.")
 flags.DEFINE_float("budget_s", 0.0, "Stop a configuration's rounds after this (0: no limit).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps of each variant after compiling.")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul measuring the rate.")
+flags.DEFINE_integer(
+    "matmul_size",
+    0,
+    "Side of the matmul measuring the rate (0: 2048 on CPU, 8192 on accelerators).",
+)
 flags.DEFINE_bool("isolate", True, "A fresh subprocess per configuration (per-config peaks).")
 flags.DEFINE_bool("alternate", True, "Variants alternate in one process (else one each).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
@@ -196,14 +205,17 @@ def jax_runner(spec: dict[str, Any], options: dict[str, Any] | None) -> dict[str
     compiled = lowered.compile()
     t2 = time.perf_counter()
 
+    losses: list[float] = []
+
     def run() -> None:
         out = compiled(*args)
+        jax.block_until_ready(out)
         if spec["kind"] == "train":
             args[0] = out[0]  # the donated state
-        jax.block_until_ready(out)
+            losses.append(float(out[1]["loss"]))
 
     return {"run": run, "flops": step_flops(compiled), "lower_s": t1 - t0, "compile_s": t2 - t1,
-            "ynn_fusions": compiled.as_text().count("__ynn_fusion")}  # fmt: skip
+            "ynn_fusions": compiled.as_text().count("__ynn_fusion"), "losses": losses}  # fmt: skip
 
 
 def torch_runner(spec: dict[str, Any]) -> dict[str, Any]:
@@ -220,11 +232,15 @@ def torch_runner(spec: dict[str, Any]) -> dict[str, Any]:
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
 
+    losses: list[float] = []
+
     def train() -> None:
         opt.zero_grad()
         out, align = model(supp, fore, back, qry)
-        (criterion(out, label) + align).backward()
+        loss = criterion(out, label) + align
+        loss.backward()
         opt.step()
+        losses.append(float(loss))
 
     def forward() -> None:
         with torch.no_grad():
@@ -233,7 +249,8 @@ def torch_runner(spec: dict[str, Any]) -> dict[str, Any]:
 
     model.train(spec["kind"] == "train")
     return {"run": train if spec["kind"] == "train" else forward, "flops": None,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "losses": losses}  # fmt: skip
 
 
 def step_flops(compiled: Any) -> float | None:
@@ -248,12 +265,14 @@ def step_flops(compiled: Any) -> float | None:
     return float(flops) if flops else None
 
 
-def matmul_rate(n: int, repeats: int = 5) -> float:
-    """Median float32 FLOP/s of an ``n x n`` matmul in JAX on the default device."""
+def matmul_rate(n: int, dtype: str, repeats: int = 5) -> float:
+    """Median FLOP/s of an ``n x n`` matmul in ``dtype`` in JAX on the default device (``n``
+    0: 2048 on CPU, 8192 on accelerators)."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((n, n), jnp.float32)
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+    a = jnp.ones((n, n), getattr(jnp, dtype))
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     times = []
@@ -288,6 +307,27 @@ def timed(fn: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def applied_options(spec: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The XLA options variant ``name`` was compiled with (None for PyTorch)."""
+    from panet_jax import xla_options
+
+    if name == TORCH:
+        return None
+    given = spec["options"][name]
+    return given if given is not None else xla_options.compiler_options(spec["kind"]) or {}
+
+
+def peak_memory() -> tuple[int, str]:
+    """Peak bytes: the device allocator's on accelerators, the process RSS on CPU."""
+    import jax
+
+    dev = jax.devices()[0]
+    stats = (dev.memory_stats() or {}) if dev.platform != "cpu" else {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
 def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Build every variant of one configuration, time them alternating; one row per variant."""
     import jax
@@ -298,23 +338,39 @@ def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
             runners[name] = torch_runner(spec)
         else:
             runners[name] = jax_runner(spec, spec["options"][name])
-    rate = matmul_rate(spec["matmul_size"])
-    load = os.getloadavg()[0]
+    common = {k: v for k, v in spec.items() if k not in ("options", "variants")}
+    common.update(matmul_flops_per_s=matmul_rate(spec["matmul_size"], spec["dtype"]),
+                  loadavg_1min=os.getloadavg()[0], device_kind=jax.devices()[0].device_kind,
+                  episodes=spec["batch"] * jax.device_count())  # fmt: skip
     times = alternate(runners, spec)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    common["peak_memory_bytes"], common["peak_memory_kind"] = peak_memory()
     flops = next((r["flops"] for r in runners.values() if r["flops"]), None)
-    rows = []
-    for name, r in runners.items():
-        t, cpu = [w for w, _ in times[name]], [c for _, c in times[name]]
-        row = {k: v for k, v in spec.items() if k not in ("options", "variants")}
-        row.update({k: v for k, v in r.items() if k != "run"})
-        row.update(variant=name, options=spec["options"].get(name), step_s=t,
-                   median_s=statistics.median(t), min_s=min(t), cpu_s=cpu,
-                   median_cpu_s=statistics.median(cpu), flops=r["flops"] or flops,
-                   matmul_flops_per_s=rate, peak_rss_bytes=peak, loadavg_1min=load,
-                   device_kind=jax.devices()[0].device_kind)  # fmt: skip
-        rows.append(row)
-    return rows
+    return [
+        make_row(dict(common, variant=name, options=applied_options(spec, name)), r, times[name],
+                 flops)
+        for name, r in runners.items()
+    ]  # fmt: skip
+
+
+def make_row(row: dict[str, Any], runner: dict[str, Any], times: list, flops: float | None):
+    """One result row: times, rates, the last loss (train) and the aliases
+    ``experiments/gpu_check.py`` reads (``median_step_s``, ``mfu``, ...)."""
+    wall, cpu = [w for w, _ in times], [c for _, c in times]
+    row.update({k: v for k, v in runner.items() if k not in ("run", "losses")})
+    median = statistics.median(wall)
+    row.update(step_s=wall, median_s=median, min_s=min(wall), cpu_s=cpu,
+               median_cpu_s=statistics.median(cpu), flops=runner["flops"] or flops)  # fmt: skip
+    rate = row["flops"] / median if row["flops"] else None
+    losses = runner["losses"]
+    row.update(
+        median_step_s=median,
+        step_flops=row["flops"],
+        episodes_per_s=row["episodes"] / median,
+        mfu=None if rate is None else rate / row["matmul_flops_per_s"],
+        final_loss=losses[-1] if losses else None,
+        loss_finite=all(map(math.isfinite, losses)) if losses else None,
+    )
+    return row
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,24 +396,49 @@ def variant_options() -> dict[str, dict[str, Any] | None]:
     return {v: known[v] for v in FLAGS.variants}
 
 
+def resolved_variants(kind: str, options: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """Label -> options for ``kind``: ``default`` resolved by :mod:`panet_jax.xla_options`
+    (None, so the step looks them up itself); variants compiling the same executable merged
+    into one label (``default=ynn_off``)."""
+    from panet_jax import xla_options
+
+    groups: dict[str, list[str]] = {}
+    for name, opts in options.items():
+        if name == "default":
+            opts = xla_options.compiler_options(kind) or {}
+        groups.setdefault(json.dumps(opts, sort_keys=True), []).append(name)
+    return {
+        "=".join(names): None if "default" in names else json.loads(key)
+        for key, names in groups.items()
+    }
+
+
 def specs() -> list[dict[str, Any]]:
-    """One spec per configuration (or per configuration and variant with ``--noalternate``)."""
+    """One spec per configuration (or per configuration and variant with ``--noalternate``);
+    PyTorch joins the float32 ones."""
     options = variant_options()
-    names = [*options, *([TORCH] if FLAGS.compare_pytorch else [])]
-    if FLAGS.dtype != "float32" and FLAGS.compare_pytorch:
-        raise cli.FlagError("--compare_pytorch compares float32 steps only")
     for k in FLAGS.kinds:
         if k not in ("train", "eval"):
             raise cli.FlagError(f"--kinds: unknown {k!r}; expected train, eval")
+    for d in FLAGS.dtypes:
+        if d not in ("float32", "bfloat16"):
+            raise cli.FlagError(f"--dtypes: unknown {d!r}; expected float32, bfloat16")
     base = {"width": FLAGS.width, "batch": FLAGS.batch, "ways": FLAGS.ways,
-            "queries": FLAGS.queries, "dtype": FLAGS.dtype, "repeats": FLAGS.repeats,
+            "queries": FLAGS.queries, "repeats": FLAGS.repeats,
             "min_repeats": FLAGS.min_repeats, "budget_s": FLAGS.budget_s,
-            "warmup": FLAGS.warmup, "matmul_size": FLAGS.matmul_size,
-            "options": options}  # fmt: skip
-    groups = [names] if FLAGS.alternate else [[n] for n in names]
-    return [dict(base, kind=kind, size=int(size), shots=int(shots), variants=group)
-            for shots in FLAGS.shots for size in FLAGS.sizes for kind in FLAGS.kinds
-            for group in groups]  # fmt: skip
+            "warmup": FLAGS.warmup, "matmul_size": FLAGS.matmul_size}  # fmt: skip
+    out = []
+    for dtype in FLAGS.dtypes:
+        for shots in FLAGS.shots:
+            for size in FLAGS.sizes:
+                for kind in FLAGS.kinds:
+                    resolved = resolved_variants(kind, options)
+                    torch = FLAGS.compare_pytorch and dtype == "float32"
+                    names = [*resolved, *([TORCH] if torch else [])]
+                    groups = [names] if FLAGS.alternate else [[n] for n in names]
+                    out += [dict(base, dtype=dtype, kind=kind, size=int(size), shots=int(shots),
+                                 variants=g, options=resolved) for g in groups]  # fmt: skip
+    return out
 
 
 def run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -372,13 +453,15 @@ def run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> None:
-    """Add ``vs_torch``: median time / the PyTorch row's of the same configuration."""
-    key = lambda r: (r["kind"], r["size"], r["shots"], r["width"], r["batch"])
+    """Add ``vs_torch`` / ``vs_torch_cpu``: median wall / CPU time over the PyTorch row's of
+    the same configuration."""
+    key = lambda r: (r["kind"], r["size"], r["shots"], r["width"], r["batch"], r["dtype"])
     ok = [r for r in rows if "error" not in r]
-    torch_median = {key(r): r["median_s"] for r in ok if r["variant"] == TORCH}
-    for r in rows:
-        if "error" not in r and key(r) in torch_median:
-            r["vs_torch"] = r["median_s"] / torch_median[key(r)]
+    ref = {key(r): r for r in ok if r["variant"] == TORCH}
+    for r in ok:
+        if key(r) in ref:
+            r["vs_torch"] = r["median_s"] / ref[key(r)]["median_s"]
+            r["vs_torch_cpu"] = r["median_cpu_s"] / ref[key(r)]["median_cpu_s"]
 
 
 def _num(x: float | None, unit: float) -> str:
@@ -389,28 +472,31 @@ def _pct(rate: float | None, of: float | None) -> str:
     return "-" if rate is None or not of else f"{100 * rate / of:.0f}%"
 
 
-def markdown_table(rows: list[dict[str, Any]], peak: float) -> str:
-    """One line per (configuration, variant)."""
+def markdown_table(rows: list[dict[str, Any]], peak: float | None) -> str:
+    """One line per (configuration, variant); ``peak``: the FMA peak (None off CPU)."""
     lines = [
         "| step | image | task | variant | median s | min s | rounds | vs torch | CPU s "
-        "| GFLOP/step | GFLOP/s | % of matmul | % of FMA peak | peak RSS | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU vs torch | GFLOP/step | GFLOP/s | % of matmul | % of FMA peak | peak memory "
+        "| compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        task = f"{r['ways']}-way {r['shots']}-shot, {r['batch']} ep. x w{r['width']:g}"
+        task = (f"{r['ways']}-way {r['shots']}-shot, {r['batch']} ep. x w{r['width']:g} "
+                f"{r['dtype']}")  # fmt: skip
         head = f"| {r['kind']} | {r['size']} | {task} | {r['variant']} "
         if "error" in r:
-            lines.append(head + f"| failed: {r['error']} |" + " |" * 10)
+            lines.append(head + f"| failed: {r['error']} |" + " |" * 11)
             continue
         rate = r["flops"] / r["median_s"] if r.get("flops") else None
         ratio = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else "-"
+        cpu_ratio = f"{r['vs_torch_cpu']:.2f}x" if "vs_torch_cpu" in r else "-"
         compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        kind = "RSS" if "RSS" in r["peak_memory_kind"] else "device"
         lines.append(
             head + f"| **{r['median_s']:.3f}** | {r['min_s']:.3f} | {len(r['step_s'])} "
-            f"| {ratio} | {r['median_cpu_s']:.2f} | {_num(r.get('flops'), 1e9)} "
-            f"| {_num(rate, 1e9)} "
-            f"| {_pct(rate, r['matmul_flops_per_s'])} | {_pct(rate, peak)} "
-            f"| {r['peak_rss_bytes'] / 2**30:.2f} GiB | {compile_s} |"
+            f"| {ratio} | {r['median_cpu_s']:.2f} | {cpu_ratio} | {_num(r.get('flops'), 1e9)} "
+            f"| {_num(rate, 1e9)} | {_pct(rate, r['matmul_flops_per_s'])} | {_pct(rate, peak)} "
+            f"| {r['peak_memory_bytes'] / 2**30:.2f} GiB ({kind}) | {compile_s} |"
         )
     return "\n".join(lines)
 
@@ -435,17 +521,23 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def main(argv: list[str]) -> None:
-    if FLAGS.worker:
-        print(RESULT_MARKER + json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
-        return
-    from panet_jax import files
+def device_info(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The benchmarked device (as the workers saw it) and this host."""
+    import jax
 
-    peak = cpu_peak()
+    dev = jax.devices()[0]
+    kinds = {r["device_kind"] for r in rows if "device_kind" in r}
+    return {"platform": dev.platform, "device_kind": "/".join(sorted(kinds)) or dev.device_kind,
+            "num_devices": jax.device_count(), "host_cpus": os.cpu_count(),
+            "host": platform.platform()}  # fmt: skip
+
+
+def benchmark() -> list[dict[str, Any]]:
+    """Every configuration of the flags (each in a subprocess with ``--isolate``)."""
     rows: list[dict[str, Any]] = []
     for spec in specs():
-        print(f"[benchmark] {spec['kind']} {spec['size']}px {spec['shots']}-shot: "
-              f"{' '.join(spec['variants'])} ...", flush=True)  # fmt: skip
+        print(f"[benchmark] {spec['kind']} {spec['size']}px {spec['shots']}-shot "
+              f"{spec['dtype']}: {' '.join(spec['variants'])} ...", flush=True)  # fmt: skip
         got = run_isolated(spec) if FLAGS.isolate else run_worker(spec)
         for r in got:
             if "error" not in r:
@@ -453,21 +545,49 @@ def main(argv: list[str]) -> None:
                       f"over {len(r['step_s'])}", flush=True)  # fmt: skip
         rows.extend(got)
     with_ratios(rows)
-    table = markdown_table(rows, peak["peak_flops_per_s"])
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    """Print the table and the machine notes; write ``--out`` (JSON, atomically)."""
+    from panet_jax import files
+
+    device = device_info(rows)
+    on_cpu = device["platform"] == "cpu"
+    peak = cpu_peak() if on_cpu else None
+    table = markdown_table(rows, peak["peak_flops_per_s"] if peak else None)
     rates = sorted({round(r["matmul_flops_per_s"] / 1e9) for r in rows if "error" not in r})
-    notes = (f"CPU: {peak['model']} ({peak['vendor']}), {peak['cores']} cores. FMA peak: "
-             f"{peak['derivation']}. Measured {FLAGS.matmul_size}^2 float32 matmul (JAX): "
-             f"{'/'.join(map(str, rates))} GFLOP/s (per configuration).")  # fmt: skip
+    notes = f"Device: {device['device_kind']} x {device['num_devices']}. " + (
+        f"CPU: {peak['model']} ({peak['vendor']}), {peak['cores']} cores. FMA peak: "
+        f"{peak['derivation']}. " if peak else "")  # fmt: skip
+    notes += f"Measured matmul (JAX, row dtype): {'/'.join(map(str, rates))} GFLOP/s."
     print("\n" + table + "\n\n" + notes)
     if FLAGS.out:
-        report = {"command": " ".join(["python", *sys.argv]), "versions": versions(),
-                  "cpu": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                  "rows": rows, "table": table, "notes": notes}  # fmt: skip
-        files.atomic_write(FLAGS.out, json.dumps(report, indent=2), overwrite=True)
+        out = {"command": " ".join(["python", *sys.argv]), "versions": versions(),
+               "device": device, "cpu": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+               "rows": rows, "results": rows, "table": table, "notes": notes}  # fmt: skip
+        files.atomic_write(FLAGS.out, json.dumps(out, indent=2), overwrite=True)
         print(f"wrote {FLAGS.out}")
+
+
+def main(argv: list[str]) -> int:
+    """Programmatic entry (``experiments/gpu_check.py``): parse the flags in ``argv``, run,
+    return the exit status (1 if a configuration failed)."""
+    FLAGS([os.path.basename(__file__), *argv])
+    rows = benchmark()
+    report(rows)
+    return int(any("error" in r for r in rows))
+
+
+def _cli_main(argv: list[str]) -> None:
+    if FLAGS.worker:
+        print(RESULT_MARKER + json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    rows = benchmark()
+    report(rows)
     if any("error" in r for r in rows):
         raise RuntimeError("some configurations failed (see the table)")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(_cli_main)

@@ -140,11 +140,12 @@ def pmap_step(
 
     def call(*args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
-        key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
         if key not in compiled:
             compiled[key] = pmapped.lower(*args).compile(options)
         return compiled[key](*args)
 
+    call.lower = pmapped.lower  # type: ignore[attr-defined]  # as jax.pmap's (no options)
     return call
 
 
@@ -198,4 +199,3 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     if p.process_id >= 0:
         kwargs["process_id"] = p.process_id
     jax.distributed.initialize(**kwargs)
-

@@ -2,9 +2,14 @@
 
 XLA:CPU (jaxlib 0.10.2) hands convolutions and dots to YNNPACK fusions (``ynn_fusion.*``).
 For the *training* step, whose time is dominated by convolution weight gradients, these are
-slower than XLA's own (Eigen) convolutions: with them off the full VGG-16 step is ~1.5-2.5x
-faster on AVX2 and AVX-512 CPUs (``experiments/benchmark.py``; README, Performance). The
-forward alone (evaluation, prediction) is faster *with* them, so those keep XLA's defaults.
+slower than XLA's own (Eigen) convolutions: with them off the full VGG-16 step went from
+1.7-2.6x to 0.74-0.88x PyTorch's time on a 2-core AVX2 machine (issue #14), and took 0.55-0.95x
+the time of XLA's defaults on a 2-core AVX-512 EPYC (the larger the images and the more shots,
+the larger the gain). The evaluator's full-width forward is as fast (1-shot) or 3-13% faster
+(5-shot) without them, so ``'eval'`` turns them off too (a 1/8-width forward is ~25% faster
+*with* them, but takes milliseconds). ``'predict'`` (one image at a time, like a 1-shot
+forward: no measured gain) keeps XLA's defaults (``experiments/benchmark.py``; README,
+"Figures measured so far").
 
 The options are passed per executable (``jax.jit(..., compiler_options=...)`` or
 ``lowered.compile(options)``), so nothing global changes: other programs in the process and
@@ -27,10 +32,10 @@ YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 # (the '+name' / '-name' edits of the XLA_FLAGS syntax are refused here).
 YNN_DOTS_ONLY = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
-# kind -> options on CPU. 'train': no YNN fusions at all (see the module docstring).
+# kind -> options on CPU ('': no YNN fusions at all; see the module docstring).
 CPU_OPTIONS: dict[str, dict[str, Any]] = {
     "train": {YNN_FUSION_TYPE: ""},
-    "eval": {},
+    "eval": {YNN_FUSION_TYPE: ""},
     "predict": {},
 }
 KINDS = tuple(CPU_OPTIONS)
