@@ -68,6 +68,8 @@ flags.DEFINE_multi_string(
     "define_variant", [], 'Extra variant: name={"xla_option": value, ...} (JSON).'
 )
 flags.DEFINE_bool("compare_pytorch", False, "Also time the official-equivalent PyTorch step.")
+flags.DEFINE_enum("encoder", "vgg16", ["vgg16", "resnet50", "resnet101"],
+                  "config.model.encoder (--compare_pytorch needs vgg16).")
 flags.DEFINE_float("width", 1.0, "Encoder channel multiplier (config.model.width).")
 flags.DEFINE_integer("batch", 1, "Episodes per device per step (config.train.per_device_batch).")
 flags.DEFINE_integer("ways", 1, "N (config.data.n_ways).")
@@ -147,6 +149,7 @@ def make_config(spec: dict[str, Any]) -> Any:
     from panet_jax.config_base import base_config
 
     c = base_config()
+    c.model.encoder = spec.get("encoder", "vgg16")
     c.model.width = float(spec["width"])
     c.model.dtype = spec["dtype"]
     c.data.image_size = (spec["size"], spec["size"])
@@ -198,7 +201,7 @@ def jax_runner(spec: dict[str, Any], options: dict[str, Any] | None) -> dict[str
         out_specs = (P(), P(parallel.BATCH_AXIS))
         fn = parallel.on_batch(step, mesh, 2, out_specs, compiler_options=options)
         valid = parallel.host_batch_to_global({"v": np.ones(episodes, bool)}, mesh)["v"]
-        args = [{"params": state.params}, batch, valid]
+        args = [state.variables(), batch, valid]
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     t1 = time.perf_counter()
@@ -423,8 +426,11 @@ def specs() -> list[dict[str, Any]]:
     for d in FLAGS.dtypes:
         if d not in ("float32", "bfloat16"):
             raise cli.FlagError(f"--dtypes: unknown {d!r}; expected float32, bfloat16")
-    base = {"width": FLAGS.width, "batch": FLAGS.batch, "ways": FLAGS.ways,
-            "queries": FLAGS.queries, "repeats": FLAGS.repeats,
+    if FLAGS.compare_pytorch and FLAGS.encoder != "vgg16":
+        raise cli.FlagError("--compare_pytorch: the PyTorch reference is the official VGG-16 "
+                            f"PANet; got --encoder={FLAGS.encoder}")  # fmt: skip
+    base = {"encoder": FLAGS.encoder, "width": FLAGS.width, "batch": FLAGS.batch,
+            "ways": FLAGS.ways, "queries": FLAGS.queries, "repeats": FLAGS.repeats,
             "min_repeats": FLAGS.min_repeats, "budget_s": FLAGS.budget_s,
             "warmup": FLAGS.warmup, "matmul_size": FLAGS.matmul_size}  # fmt: skip
     out = []
@@ -481,8 +487,8 @@ def markdown_table(rows: list[dict[str, Any]], peak: float | None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        task = (f"{r['ways']}-way {r['shots']}-shot, {r['batch']} ep. x w{r['width']:g} "
-                f"{r['dtype']}")  # fmt: skip
+        task = (f"{r.get('encoder', 'vgg16')} {r['ways']}-way {r['shots']}-shot, {r['batch']} "
+                f"ep. x w{r['width']:g} {r['dtype']}")  # fmt: skip
         head = f"| {r['kind']} | {r['size']} | {task} | {r['variant']} "
         if "error" in r:
             lines.append(head + f"| failed: {r['error']} |" + " |" * 11)

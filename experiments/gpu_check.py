@@ -1,7 +1,7 @@
 r"""One-shot GPU check: numerics tests, train-step speed and MFU, input pipeline, 300 steps.
 
     python experiments/gpu_check.py --out=gpu_check.json
-    python experiments/gpu_check.py --allow-cpu --out=/tmp/gpu_check_smoke.json   # smoke run
+    python experiments/gpu_check.py --allow_cpu --out=/tmp/gpu_check_smoke.json   # smoke run
 
 For whoever holds a GPU (one H100 / H200: an estimated 5-7 minutes). Four parts, run in
 subprocesses (the benchmark's: one per configuration), then one table and one JSON:
@@ -20,13 +20,12 @@ subprocesses (the benchmark's: one per configuration), then one table and one JS
 (d) ``training``: ``experiments/train.py`` on ``configs/synthetic.py`` for 300 steps without the
     evaluation; the loss of the first and the last log window (25 steps each) must fall.
 
-Exits 2 with one line when JAX's backend is not a GPU, unless ``--allow-cpu`` (then every part
+Exits 2 with one line when JAX's backend is not a GPU, unless ``--allow_cpu`` (then every part
 runs at tiny sizes: a smoke test of this script). Exit status 1 if a part failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -37,14 +36,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Any
+
+from absl import flags
+
+from panet_jax import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # experiments/benchmark.py is imported, not copied
 
 NUMERICS_TESTS = ("tests/test_ops.py", "tests/test_model.py", "tests/test_torch_reference.py")
-# Full-size settings (GPU) and tiny ones (--allow-cpu smoke run on a CPU).
+# Full-size settings (GPU) and tiny ones (--allow_cpu smoke run on a CPU).
 FULL = {
     "pytest": list(NUMERICS_TESTS),
     "bench": ["--sizes=417", "--shots=1,5", "--dtypes=float32,bfloat16", "--repeats=3",
@@ -63,24 +66,18 @@ SMOKE = {
     "train": ["--config=configs/synthetic.py:runlocal", "--config.train.steps=20",
               "--config.train.log_every=5"],
 }  # fmt: skip
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "gpu_check.json", "JSON report path.")
+flags.DEFINE_string("workdir", "", "Scratch folder (default: a temporary one).")
+flags.DEFINE_string("data_dir", "", "TFDS data_dir for the synthetic set.")
+flags.DEFINE_bool("allow_cpu", False, "Run on a CPU at tiny sizes (smoke test of this script).")
+flags.DEFINE_list("parts", ["tests", "train_step", "pipeline", "training"], "Parts to run.")
+flags.DEFINE_integer("pytest_workers", 4, "pytest -n (0: serial).")
+flags.DEFINE_integer("timeout", 300, "Seconds per part at most.")
+PARTS = ("tests", "train_step", "pipeline", "training")
+
 _PROGRESS = re.compile(r"step (\d+)/(\d+) \| loss ([0-9.]+)")
 _PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--out", default="gpu_check.json", help="JSON report path")
-    p.add_argument("--workdir", default="", help="scratch folder (default: a temporary one)")
-    p.add_argument("--data_dir", default="", help="TFDS data_dir for the synthetic set")
-    p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true",
-                   help="run on a CPU at tiny sizes (smoke test of this script)")  # fmt: skip
-    p.add_argument("--parts", default="tests,train_step,pipeline,training",
-                   help="comma-separated subset of the parts to run")  # fmt: skip
-    p.add_argument("--pytest_workers", type=int, default=4, help="pytest -n (0: serial)")
-    p.add_argument("--timeout", type=int, default=300, help="seconds per part at most")
-    return p.parse_args(argv)
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int) -> tuple[int, str, float]:
@@ -101,7 +98,7 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def part_tests(sizes: dict, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+def part_tests(sizes: dict, env: dict[str, str], args: Any) -> dict[str, Any]:
     """(a) pytest on the numerics tests, JAX on the device under test."""
     env = dict(env, JAX_DEFAULT_MATMUL_PRECISION="highest")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sizes["pytest"]]
@@ -118,13 +115,15 @@ def part_tests(sizes: dict, env: dict[str, str], args: argparse.Namespace) -> di
     }  # fmt: skip
 
 
-def part_train_step(sizes: dict, workdir: str) -> dict[str, Any]:
+def part_train_step(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
     """(b) experiments/benchmark.py (each configuration in its own subprocess)."""
-    import benchmark
-
-    out = os.path.join(workdir, "train_step.json")
+    out = os.path.join(args.workdir, "train_step.json")
+    cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), *sizes["bench"], f"--out={out}"]
     t0 = time.perf_counter()
-    rc = benchmark.main([*sizes["bench"], f"--out={out}"])
+    rc, text, _ = _run(cmd, env, args.timeout)
+    if not os.path.exists(out):
+        return {"ok": False, "exit_status": rc, "seconds": time.perf_counter() - t0,
+                "results": [], "output_tail": _tail(text, 40)}  # fmt: skip
     with open(out) as f:
         report = json.load(f)
     rows = [
@@ -140,7 +139,7 @@ def part_train_step(sizes: dict, workdir: str) -> dict[str, Any]:
             "results": rows}  # fmt: skip
 
 
-def part_pipeline(sizes: dict, env: dict, args: argparse.Namespace, need: dict) -> dict:
+def part_pipeline(sizes: dict, env: dict, args: Any, need: dict) -> dict:
     """(c) experiments/benchmark_data.py on the synthetic set; ``need``: episodes/s the
     fastest train step consumes, per shot."""
     out = os.path.join(args.workdir, "pipeline.json")
@@ -158,7 +157,7 @@ def part_pipeline(sizes: dict, env: dict, args: argparse.Namespace, need: dict) 
     return {"ok": True, "seconds": secs, "results": rows}
 
 
-def part_training(sizes: dict, env: dict, args: argparse.Namespace) -> dict[str, Any]:
+def part_training(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
     """(d) experiments/train.py on the synthetic set, no evaluation; the loss must fall."""
     workdir = os.path.join(args.workdir, "train_synthetic")
     cmd = [sys.executable, os.path.join(HERE, "train.py"), f"--workdir={workdir}", *sizes["train"],
@@ -226,41 +225,35 @@ def _write_json(path: str, payload: dict) -> None:
     files.atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # This process only looks at the device; the parts run in subprocesses that need its memory.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import jax
+def _settings(backend: str, stack: contextlib.ExitStack) -> tuple[Any, dict[str, str]]:
+    """The flags as one namespace (a temporary workdir when none is given) and the parts'
+    environment (the repository importable; CPU only for a smoke run)."""
+    args = types.SimpleNamespace(
+        workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, timeout=FLAGS.timeout,
+        pytest_workers=FLAGS.pytest_workers,
+    )  # fmt: skip
+    if not args.workdir:
+        args.workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check."))
+    args.data_dir = os.path.abspath(args.data_dir or os.path.join(args.workdir, "tfds"))
+    path = [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    if backend != "gpu":  # smoke run: keep every subprocess (benchmark workers too) on CPU
+        env["JAX_PLATFORMS"] = "cpu"
+    return args, env
 
-    backend = jax.default_backend()
-    if backend != "gpu" and not args.allow_cpu:
-        msg = (
-            f"gpu_check: error: JAX's backend is {backend!r}, not 'gpu' (install jax[cuda] and "
-            "check nvidia-smi), or pass --allow-cpu for a smoke run"
-        )
-        print(msg, file=sys.stderr)
-        return 2
-    sizes = FULL if backend == "gpu" else SMOKE
-    device = jax.devices()[0].device_kind
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+
+def run_parts(sizes: dict, parts: list[str], backend: str) -> dict[str, Any]:
+    """Run the chosen parts in order; their results by name."""
+    results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        if not args.workdir:
-            args.workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check."))
-        args.data_dir = os.path.abspath(args.data_dir or os.path.join(args.workdir, "tfds"))
-        path = [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-        if backend != "gpu":  # smoke run: keep every subprocess (benchmark workers too) on CPU
-            env["JAX_PLATFORMS"] = os.environ["JAX_PLATFORMS"] = "cpu"
-        results: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        args, env = _settings(backend, stack)
         if "tests" in parts:
             print("[gpu_check] (a) numerics tests ...", flush=True)
             results["tests"] = part_tests(sizes, env, args)
         need: dict[int, float] = {}
         if "train_step" in parts:
             print("[gpu_check] (b) train-step benchmark ...", flush=True)
-            results["train_step"] = part_train_step(sizes, args.workdir)
+            results["train_step"] = part_train_step(sizes, env, args)
             for r in results["train_step"]["results"]:
                 if r.get("episodes_per_s"):
                     need[r["shots"]] = max(need.get(r["shots"], 0.0), r["episodes_per_s"])
@@ -270,36 +263,54 @@ def main(argv: list[str] | None = None) -> int:
         if "training" in parts:
             print("[gpu_check] (d) synthetic training ...", flush=True)
             results["training"] = part_training(sizes, env, args)
-        total = time.perf_counter() - t0
-    table = summary_table(results, device)
-    print("\n" + table + f"\n\ntotal {total:.0f} s")
+    return results
+
+
+def _payload(results: dict[str, Any], table: str, seconds: float) -> dict[str, Any]:
     import flax
+    import jax
     import optax
 
-    payload = {
+    return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "device": {
-            "backend": backend,
-            "device_kind": device,
-            "devices": jax.device_count(),
-            "host": platform.platform(),
-            "cpus": os.cpu_count(),
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "devices": jax.device_count(), "host": platform.platform(), "cpus": os.cpu_count(),
         },
-        "smoke_run": backend != "gpu",
+        "smoke_run": jax.default_backend() != "gpu",
         "versions": {
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
+            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "python": platform.python_version(),
         },
-        "seconds": total,
-        "results": results,
-        "table": table,
-    }
-    _write_json(args.out, payload)
-    print(f"wrote {args.out}")
-    return 0 if all(r.get("ok") for r in results.values()) else 1
+        "seconds": seconds, "results": results, "table": table,
+    }  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    # This process only looks at the device; the parts run in subprocesses that need its memory.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    unknown = [p for p in FLAGS.parts if p not in PARTS]
+    if unknown:
+        raise cli.FlagError(f"--parts: unknown {unknown}; expected some of {', '.join(PARTS)}")
+    import jax
+
+    backend = jax.default_backend()
+    if backend != "gpu" and not FLAGS.allow_cpu:
+        raise cli.FlagError(
+            f"JAX's backend is {backend!r}, not 'gpu' (install jax[cuda] and check "
+            "nvidia-smi), or pass --allow_cpu for a smoke run"
+        )
+    t0 = time.perf_counter()
+    results = run_parts(FULL if backend == "gpu" else SMOKE, list(FLAGS.parts), backend)
+    total = time.perf_counter() - t0
+    table = summary_table(results, jax.devices()[0].device_kind)
+    print("\n" + table + f"\n\ntotal {total:.0f} s")
+    _write_json(FLAGS.out, _payload(results, table, total))
+    print(f"wrote {FLAGS.out}")
+    if not all(r.get("ok") for r in results.values()):
+        raise RuntimeError("some parts failed (see the table)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)
