@@ -51,7 +51,7 @@ NUMERICS_TESTS = ("tests/test_ops.py", "tests/test_model.py", "tests/test_torch_
 FULL = {
     "pytest": list(NUMERICS_TESTS),
     "bench": ["--sizes=417", "--shots=1,5", "--dtypes=float32,bfloat16", "--repeats=3",
-              "--kinds=train"],
+              "--kinds=train", "--variants=default"],
     "data": ["--image_size=417", "--synthetic_config=default", "--warmup=5", "--windows=3",
              "--window_batches=20"],
     "train": ["--config=configs/synthetic.py", "--config.train.steps=300",
@@ -60,7 +60,8 @@ FULL = {
 SMOKE = {
     "pytest": ["tests/test_ops.py", "-k", "bilinear or masked_average"],
     "bench": ["--sizes=33", "--shots=1", "--dtypes=float32,bfloat16", "--repeats=2",
-              "--warmup=1", "--width=0.0625", "--matmul_size=256", "--kinds=train"],
+              "--warmup=1", "--width=0.0625", "--matmul_size=256", "--kinds=train",
+              "--variants=default"],
     "data": ["--image_size=65", "--synthetic_config=tiny", "--warmup=2", "--windows=2",
              "--window_batches=5"],
     "train": ["--config=configs/synthetic.py:runlocal", "--config.train.steps=20",
