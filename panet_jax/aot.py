@@ -417,8 +417,8 @@ def abstract_batch(
 
 def _lowerable(
     config: ml_collections.ConfigDict, step: str, impl: str, devices: Sequence[jax.Device]
-) -> tuple[Callable[[], Any], int, int, int]:
-    """``(lower() -> Lowered, episodes per step, argument bytes per chip, state bytes)``."""
+) -> tuple[Callable[[], Any], int, int]:
+    """``(lower() -> Lowered, argument bytes per chip, state bytes)``."""
     chips = len(devices)
     if step == "train":
         pdb = int(config.train.per_device_batch)
@@ -433,7 +433,7 @@ def _lowerable(
             fn = pmap_step(make_train_step(config), devices)
         state_bytes = _tree_bytes(state)
         args = state_bytes + _tree_bytes(batch) // chips
-        return (lambda: fn.lower(state, batch)), chips * pdb, args, state_bytes
+        return (lambda: fn.lower(state, batch)), args, state_bytes
     pdb = int(config.eval.per_device_batch)
     mesh = make_mesh(devices)
     rows = NamedSharding(mesh, P(BATCH_AXIS))
@@ -442,7 +442,7 @@ def _lowerable(
     valid = jax.ShapeDtypeStruct((chips * pdb,), jnp.bool_, sharding=rows)
     fn = make_eval_step(build_model(config), mesh, NUM_CLASSES[config.data.dataset])
     args = _tree_bytes(variables) + (_tree_bytes(batch) + chips * pdb) // chips
-    return (lambda: fn.lower(variables, batch, valid)), chips * pdb, args, 0
+    return (lambda: fn.lower(variables, batch, valid)), args, 0
 
 
 _OOM = re.compile(
@@ -489,7 +489,7 @@ def _lower_and_compile(
     this slice cannot run); over-HBM configurations raise :class:`HBMExceededError`."""
     chip, _ = parse_topology(report.topology)
     step, impl, topology = report.step, report.impl, report.topology
-    lower, _, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
+    lower, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
 
     def refuse(needed: int, what: str) -> HBMExceededError:
         return _hbm_error(config, step, topology, report.chip_kind, chip.hbm_usable_bytes,

@@ -19,11 +19,11 @@ import flax.linen as nn
 import numpy as np
 
 from panet_jax.config_base import ENCODERS
-from panet_jax.models.resnet import RESNET_BLOCKS, STEM_CHANNELS, ResNetEncoder
+from panet_jax.models.resnet import STAGES, STEM_CHANNELS, ResNetEncoder
 from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder
 
 RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
-RESNET_TOP_LEVEL = ("conv1", "bn1", "layer1", "layer2", "layer3")
+RESNET_TOP_LEVEL = ("conv1", "bn1", *(stage for stage, *_ in STAGES))
 
 
 def build_encoder(name: str, width: float, dtype: Any, param_dtype: Any) -> nn.Module:
@@ -71,9 +71,8 @@ def identify(encoder_variables: Mapping[str, Any]) -> tuple[str, float]:
     if "layer3" in params and "conv1" in params:
         from panet_jax.models import resnet_weights
 
-        depth = 101 if len(params["layer3"]) == RESNET_BLOCKS[101][2] else 50
-        channels = int(np.shape(params["conv1"]["kernel"])[-1])
-        width = channels / STEM_CHANNELS
+        depth = resnet_weights.depth_of_variables(encoder_variables, "encoder variables")
+        width = int(np.shape(params["conv1"]["kernel"])[-1]) / STEM_CHANNELS
         resnet_weights.check_variables(encoder_variables, depth, width, "encoder variables")
         return f"resnet{depth}", width
     raise ValueError(
@@ -101,10 +100,21 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, Any]:
     ``config.model.encoder``: :func:`load_weights`)."""
     from panet_jax import pretrained
 
-    if os.fspath(path).lower().endswith(".npz"):
-        keys = pretrained.read_npz(os.fspath(path)).keys()
-        if any(k.startswith("params/") for k in keys):
-            from panet_jax.models import resnet_weights
+    if _is_resnet_npz(path):
+        from panet_jax.models import resnet_weights
 
-            return resnet_weights.load_npz(path, None, None)
+        return resnet_weights.load_npz(path, None, None)
     return {"params": pretrained.load_any(path)}
+
+
+def _is_resnet_npz(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an ``.npz`` of ResNet encoder variables (``params/...`` entries),
+    from the archive's index only (no array is read; an unreadable file is left to the
+    loader, whose error names it)."""
+    if not os.fspath(path).lower().endswith(".npz"):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return any(k.startswith("params/") for k in data.files)
+    except Exception:
+        return False

@@ -199,11 +199,12 @@ class _Evaluation:
         first = self.layout.process_range(jax.process_index())[0]
         return original_size.Scorer(draw, first, folds.NUM_CLASSES[self.config.data.dataset])
 
-    def run(self, r: int, audit: list[dict[str, Any]]) -> dict[str, Any]:
-        """Run ``r``: its episodes through the model, counts accumulated on the host."""
+    def run(self, r: int, audit: list[dict[str, Any]], opened: tuple | None = None) -> dict:
+        """Run ``r``: its episodes through the model, counts accumulated on the host.
+        ``opened``: this run's ``(sampler, builder)`` when already built."""
         e = self.config.eval
         seed = int(e.seed) + r
-        sampler, builder = run_sampler(self.config, seed)
+        sampler, builder = opened or run_sampler(self.config, seed)
         if self.out_dir is not None:
             audit += episode_records(sampler, r, seed, self.layout.episodes, e.support_annotation)
         n_images = int(e.num_images) if self.out_dir is not None and r == 0 else 0
@@ -347,7 +348,9 @@ def evaluate(
         variables = parallel.replicate(loading.as_panet_variables(variables), mesh)
         ev = _Evaluation(config, mesh, layout, variables, out_dir, names, test_classes, bar)
         t0, audit = time.perf_counter(), []
-        runs = [ev.run(r, audit) for r in range(int(e.runs))]
+        # Run 0's sampler (seed + 0) is the one opened above.
+        runs = [ev.run(r, audit, (sampler, builder) if r == 0 else None)
+                for r in range(int(e.runs))]  # fmt: skip
         seconds = time.perf_counter() - t0
     results = reports.summarize(runs, test_classes, names)
     results.update(runs=runs, seconds=seconds, episodes_per_s=total / max(seconds, 1e-9),

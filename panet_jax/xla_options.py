@@ -3,7 +3,7 @@
 XLA:CPU (jaxlib 0.10.2) hands convolutions and dots to YNNPACK fusions (``ynn_fusion.*``).
 For the *training* step, whose time is dominated by convolution weight gradients, these are
 slower than XLA's own (Eigen) convolutions: with them off the full VGG-16 step went from
-1.7-2.6x to 0.74-0.88x PyTorch's time on a 2-core AVX2 machine (issue #14), and took 0.55-0.95x
+1.7-2.6x to 0.74-0.88x PyTorch's time on a 2-core AVX2 machine, and took 0.55-0.95x
 the time of XLA's defaults on a 2-core AVX-512 EPYC (the larger the images and the more shots,
 the larger the gain). The evaluator's full-width forward is as fast (1-shot) or 3-13% faster
 (5-shot) without them, so ``'eval'`` turns them off too (a 1/8-width forward is ~25% faster

@@ -243,7 +243,7 @@ def variables_to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np
     """Inverse of :func:`torchvision_state_to_variables`: ``{torchvision key: numpy array}``
     (OIHW conv weights; no ``fc``/``layer4``/``num_batches_tracked``), in torchvision order
     for the variables' depth."""
-    depth = _depth_of_variables(variables, "variables")
+    depth = depth_of_variables(variables, "variables")
     flat = traverse_util.flatten_dict(_as_dict(variables))
     out: dict[str, np.ndarray] = {}
     for module, (kind, _) in torchvision_layout(depth, 1.0).items():
@@ -264,7 +264,8 @@ def _as_dict(tree: Any) -> Any:
     return tree
 
 
-def _depth_of_variables(variables: Mapping[str, Any], source: str) -> int:
+def depth_of_variables(variables: Mapping[str, Any], source: str) -> int:
+    """50 or 101 from the block counts of ``layer1..layer3``; the error names ``source``."""
     try:
         blocks = tuple(len(variables["params"][stage]) for stage, *_ in STAGES)
     except (KeyError, TypeError) as e:
@@ -339,7 +340,7 @@ def load_torchvision_resnet(path: str | os.PathLike, depth: int, width: float = 
 def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write encoder variables (any depth and width) as flat float32
     ``params/layer1/0/conv1/kernel`` entries."""
-    check_variables(variables, _depth_of_variables(variables, "save_npz"), None, "save_npz")
+    check_variables(variables, depth_of_variables(variables, "save_npz"), None, "save_npz")
     flat = traverse_util.flatten_dict(_as_dict(variables), sep="/")
     with open(os.fspath(path), "wb") as f:  # a file object: numpy adds no '.npz' suffix
         np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
@@ -360,7 +361,7 @@ def load_npz(
             f"variables, found {sorted({k[0] for k in flat})}"
         )
     variables = traverse_util.unflatten_dict(flat)
-    found = _depth_of_variables(variables, path)
+    found = depth_of_variables(variables, path)
     if depth is not None and check_depth(depth) != found:
         raise ResNetWeightsError(f"{path}: holds ResNet-{found} variables, expected ResNet-{depth}")
     check_variables(variables, found, width, path)
