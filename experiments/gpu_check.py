@@ -7,9 +7,10 @@ For whoever holds a GPU (one H100 / H200: an estimated 5-7 minutes). Four parts,
 subprocesses (the benchmark's: one per configuration), then one table and one JSON:
 
 (a) ``tests``: the numerics-sensitive tests (``tests/test_ops.py tests/test_model.py
-    tests/test_torch_reference.py``) with JAX on the GPU. Their float32 tolerances are derived
-    from float32 rounding, so they run with ``JAX_DEFAULT_MATMUL_PRECISION=highest`` (no TF32
-    convs, which round to 10 mantissa bits).
+    tests/test_torch_reference.py``, and the max-pool / convolution gradients of
+    ``tests/test_pooling.py tests/test_convolution.py``) with JAX on the GPU. Their float32
+    tolerances are derived from float32 rounding, so they run with
+    ``JAX_DEFAULT_MATMUL_PRECISION=highest`` (no TF32 convs, which round to 10 mantissa bits).
 (b) ``train_step``: ``experiments/benchmark.py`` at 417x417, 1- and 5-shot, float32 and
     bfloat16, full VGG-16: median step time, episodes/s and MFU = XLA's FLOPs / step time / the
     rate of a dense matmul of the same dtype measured in the same process (for float32 at JAX's
@@ -46,7 +47,10 @@ from panet_jax import cli
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-NUMERICS_TESTS = ("tests/test_ops.py", "tests/test_model.py", "tests/test_torch_reference.py")
+NUMERICS_TESTS = (
+    "tests/test_ops.py", "tests/test_model.py", "tests/test_torch_reference.py",
+    "tests/test_pooling.py", "tests/test_convolution.py",
+)  # fmt: skip
 # Full-size settings (GPU) and tiny ones (--allow_cpu smoke run on a CPU).
 FULL = {
     "pytest": list(NUMERICS_TESTS),

@@ -48,7 +48,7 @@ from panet_jax.config_base import validate as validate_config
 from panet_jax.data.folds import NUM_CLASSES
 from panet_jax.data.spec import episode_spec
 from panet_jax.evaluation import make_eval_step  # jit(shard_map(eval step)) on a mesh
-from panet_jax.models.vgg import _POOL_AFTER, VGG16_LAYERS, scaled_channels
+from panet_jax.models.vgg import POOL_AFTER, VGG16_LAYERS, scaled_channels
 from panet_jax.parallel import BATCH_AXIS, make_mesh, pmap_step, shard_map_step
 from panet_jax.steps import make_train_step  # the per-device train step
 from panet_jax.train_state import abstract_train_state, build_model
@@ -270,8 +270,8 @@ def vgg_conv_flops(image_size: Sequence[int], width: float, *, train: bool) -> i
         first = f if first is None else first
         total += f
         c_in = c_out
-        if name in _POOL_AFTER:
-            h, w = _pool(h, _POOL_AFTER[name]), _pool(w, _POOL_AFTER[name])
+        if name in POOL_AFTER:
+            h, w = _pool(h, POOL_AFTER[name]), _pool(w, POOL_AFTER[name])
     return 3 * total - first if train else total
 
 

@@ -95,15 +95,15 @@ def test_tpu_flops_agree_with_cpu_and_the_conv_count(single_host):
     """XLA's FLOPs of the same train step: TPU per chip x chips vs one CPU device on the whole
     global batch (4 episodes), and both against the exact conv count of the encoder.
 
-    The CPU's cost analysis counts a conv's multiply-adds on real pixels only (exactly
-    :func:`aot.vgg_conv_flops`, test below). The TPU's counts the multiply-adds its conv
-    kernels execute, padding taps and tile padding included: on single convs of the encoder's
-    shapes that is 1.0x (5 px, dilation 2, 32 channels) to 1.24x (53 px, dilation 2, 512
-    channels) to 1.4-1.6x (tiny 17-33 px layers of 3-8 channels) the CPU figure. The step is
-    80% convs here, so TPU/CPU lies in [1, 1.25] (measured 1.15; 1.09 for the full VGG-16
-    at 417 px: 882 vs 810 GFLOP). The SGD update, counted once per chip on TPU and once on
-    the CPU, is ~0.3 MFLOP of 85. A wrong batch split (4x), a missing backward pass (~1/3) or
-    a dropped encoder call would fall far outside the band.
+    :func:`aot.vgg_conv_flops` counts a conv's multiply-adds on real pixels only (XLA's CPU
+    count of a padded conv, test below). Both compiled steps count more: the TPU's counts the
+    multiply-adds its conv kernels execute, padding taps and tile padding included (1.0x to
+    1.6x per conv of the encoder's shapes); on CPU the kernel gradients are convolutions over
+    explicitly zero-padded, batch-stacked images (``panet_jax.models.convolution``), whose
+    padding taps XLA counts too (most taps of the 5 px, dilation-2 layers at this size). The
+    step is ~75% convs here: measured TPU 1.25x, CPU 1.34x the conv count, TPU/CPU 0.93. A
+    wrong batch split (4x), a missing backward pass (~1/3) or a dropped encoder call would fall
+    far outside these bands.
     """
     cfg, (train, _) = single_host
     state = train_state.abstract_train_state(cfg)
@@ -112,8 +112,9 @@ def test_tpu_flops_agree_with_cpu_and_the_conv_count(single_host):
     cpu = step.lower(state, batch).compile().cost_analysis()["flops"]
     conv = train.conv_flops * train.chips  # exact conv FLOPs of the global batch
     assert conv == 4 * 2 * aot.vgg_conv_flops((33, 33), 1 / 16, train=True)
-    assert 0.7 * cpu < conv < cpu  # convs dominate; the rest is head, pooling, loss, SGD
-    assert 1.0 <= train.flops_total / cpu <= 1.25, (train.flops_total, cpu)
+    for total in (cpu, train.flops_total):
+        assert 1.0 < total / conv < 1.6, (total, conv)  # convs dominate; padding taps counted
+    assert 0.8 <= train.flops_total / cpu <= 1.25, (train.flops_total, cpu)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from panet_jax.models.convolution import conv_general_dilated
+from panet_jax.models.pooling import max_pool_3x3
 from panet_jax.models.vgg import output_size as _vgg_output_size
 from panet_jax.models.vgg import scaled_channels
 
@@ -106,6 +108,7 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        conv_general_dilated=conv_general_dilated,
         kernel_dilation=(dilation, dilation),
         use_bias=False,
         dtype=dtype,
@@ -248,7 +251,7 @@ class ResNetEncoder(nn.Module):
         x = x.astype(self.dtype)
         x = _conv(scaled_channels(STEM_CHANNELS, self.width), 7, stride=2, name="conv1", **kw)(x)
         x = nn.relu(_frozen_bn(name="bn1", **kw)(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3(x, 2)
         for (name, planes, stride, dilation), blocks in zip(STAGES, self.blocks, strict=True):
             x = ResLayer(
                 stage_planes(planes, self.width), blocks, stride, dilation, name=name, **kw

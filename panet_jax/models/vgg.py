@@ -14,6 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from panet_jax.models.convolution import conv_general_dilated
+from panet_jax.models.pooling import max_pool_3x3
+
 # (name, output channels, dilation) in torchvision ``features`` order.
 VGG16_LAYERS: tuple[tuple[str, int, int], ...] = (
     ("conv1_1", 64, 1), ("conv1_2", 64, 1),
@@ -23,7 +26,7 @@ VGG16_LAYERS: tuple[tuple[str, int, int], ...] = (
     ("conv5_1", 512, 2), ("conv5_2", 512, 2), ("conv5_3", 512, 2),
 )  # fmt: skip
 # Pooling after the last conv of each block: (kernel, stride); padding 1 everywhere.
-_POOL_AFTER = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1}
+POOL_AFTER = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1}
 
 # PyTorch's kaiming_normal_(nonlinearity='relu'), fan_in, untruncated normal.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -88,12 +91,13 @@ class VGG16Encoder(nn.Module):
                 param_dtype=self.param_dtype,
                 kernel_init=kaiming_normal,
                 bias_init=torch_default_bias_init(9 * in_ch),
+                conv_general_dilated=conv_general_dilated,
                 name=name,
             )(x)
             in_ch = out_ch
             if name != "conv5_3":  # lastRelu=False
                 x = nn.relu(x)
-            if name in _POOL_AFTER:
-                s = _POOL_AFTER[name]
-                x = nn.max_pool(x, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
+            if name in POOL_AFTER:
+                s = POOL_AFTER[name]
+                x = max_pool_3x3(x, s)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))
