@@ -1,21 +1,19 @@
-"""3x3 max-pooling with padding 1 whose gradient is built from slices, not ``select_and_scatter``.
+"""3x3 max-pooling with padding 1 whose CPU gradient comes from slices, not select_and_scatter.
 
 PyTorch's ``nn.MaxPool2d(3, stride, padding=1)`` (the official VGG-16 and torchvision's ResNet
 stem) sends each window's gradient to the window's *first* maximum in row-major order. JAX's
 ``reduce_window`` max has the same rule, but its gradient is a ``select_and_scatter``, which
-XLA:CPU rewrites into a ``reduce_window`` that carries four int32 index arrays, plus a
-``scatter``. :func:`max_pool_3x3` computes the same gradient as nine
-strided comparisons and nine interior-padded adds, which XLA fuses into two elementwise loops.
+XLA:CPU rewrites into a ``reduce_window`` carrying four int32 index arrays plus a ``scatter``.
+On CPU, :func:`max_pool_3x3` computes the same gradient as nine strided comparisons and nine
+interior-padded adds, which XLA fuses into two elementwise loops. Full VGG-16 train step at
+417x417, 5-shot, on a 2-core AVX-512 EPYC: 16.8 -> 15.9 s per step, XLA's temporary buffers
+3.9 -> 2.7 GiB, peak RSS 4.7 -> 3.4 GiB.
 
-Only on CPU: on TPU the native ``select_and_scatter`` is leaner (full VGG-16 train step at
-417x417, v5e: 1.24 GiB per chip with it, 1.73 GiB with the slices). The choice is
-``lax.platform_dependent``'s, made when lowering, so a TPU program compiled ahead of time on a
-CPU host (:mod:`panet_jax.aot`) gets the TPU form.
-The forward pass is the plain ``reduce_window`` max (faster on CPU than nine strided maxima).
-
-Measured on a 2-core AVX-512 EPYC, full VGG-16 train step, 417x417, 5-shot: 16.8 s -> 15.9 s per
-step and peak RSS 4.7 -> 3.4 GiB (XLA's temporary buffers 3.9 -> 2.7 GiB: the four int32 index
-arrays per pool are gone).
+Elsewhere the native ``select_and_scatter`` is leaner (the same step on a v5e: 1.24 GiB per chip
+with it, 1.73 GiB with the slices). ``lax.platform_dependent`` chooses when lowering, so a TPU
+program compiled ahead of time on a CPU host (:mod:`panet_jax.aot`) gets the TPU form. The
+forward pass is the plain ``reduce_window`` max everywhere (faster on CPU than nine strided
+maxima).
 """
 
 from __future__ import annotations
