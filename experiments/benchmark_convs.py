@@ -46,16 +46,11 @@ PASSES = ("forward", "kernel_grad", "kernel_grad_xla", "input_grad")
 
 
 def layer_shapes(size: int) -> list[dict[str, Any]]:
-    """``name, side, cin, cout, dilation`` of the 13 convolutions for ``size`` px inputs."""
+    """``layer, side, cin, cout, dilation`` of the 13 convolutions for ``size`` px inputs."""
     from panet_jax.models import vgg
 
-    side, cin, rows = size, 3, []
-    for name, cout, dilation in vgg.VGG16_LAYERS:
-        rows.append({"layer": name, "side": side, "cin": cin, "cout": cout, "dilation": dilation})
-        cin = cout
-        if vgg.POOL_AFTER.get(name) == 2:
-            side = (side - 1) // 2 + 1
-    return rows
+    return [{"layer": name, "side": h, "cin": cin, "cout": cout, "dilation": dil}
+            for name, h, _, cin, cout, dil in vgg.layer_shapes(size, size)]  # fmt: skip
 
 
 def jax_ops(row: dict[str, Any], batch: int) -> dict[str, Callable[[], Any]]:

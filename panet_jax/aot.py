@@ -48,7 +48,7 @@ from panet_jax.config_base import validate as validate_config
 from panet_jax.data.folds import NUM_CLASSES
 from panet_jax.data.spec import episode_spec
 from panet_jax.evaluation import make_eval_step  # jit(shard_map(eval step)) on a mesh
-from panet_jax.models.vgg import POOL_AFTER, VGG16_LAYERS, scaled_channels
+from panet_jax.models.vgg import layer_shapes
 from panet_jax.parallel import BATCH_AXIS, make_mesh, pmap_step, shard_map_step
 from panet_jax.steps import make_train_step  # the per-device train step
 from panet_jax.train_state import abstract_train_state, build_model
@@ -254,25 +254,13 @@ def conv_flops(height: int, width: int, c_in: int, c_out: int, dilation: int = 1
     return 2 * th * tw * c_in * c_out
 
 
-def _pool(size: int, stride: int) -> int:
-    return (size + 2 - 3) // stride + 1
-
-
 def vgg_conv_flops(image_size: Sequence[int], width: float, *, train: bool) -> int:
     """Exact conv FLOPs of the VGG-16 encoder on one image: the forward pass, or with
     ``train`` forward + weight gradients + input gradients (none for ``conv1_1``: the images
     are not differentiated), i.e. ``3 F - F(conv1_1)``."""
     h, w = (int(s) for s in image_size)
-    c_in, total, first = 3, 0, None
-    for name, ch, dil in VGG16_LAYERS:
-        c_out = scaled_channels(ch, width)
-        f = conv_flops(h, w, c_in, c_out, dil)
-        first = f if first is None else first
-        total += f
-        c_in = c_out
-        if name in POOL_AFTER:
-            h, w = _pool(h, POOL_AFTER[name]), _pool(w, POOL_AFTER[name])
-    return 3 * total - first if train else total
+    flops = [conv_flops(*shape[1:]) for shape in layer_shapes(h, w, width)]
+    return 3 * sum(flops) - flops[0] if train else sum(flops)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,6 @@ CONVERT = os.path.join(REPO, "experiments", "convert_weights.py")
 VGG16_PARAMS = 14_714_688  # torchvision vgg16().features
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def random_params(width: float, seed: int = 0) -> pretrained.EncoderParams:
     rng = np.random.default_rng(seed)
     return {
@@ -124,7 +119,7 @@ def test_torchvision_pth_gives_same_features(vgg16_pth, hw, dtype):
     assert got.shape == want.shape and got.dtype == dtype
     assert np.min(want) < 0  # no ReLU after conv5_3
     bound = tol.EXACT64 if dtype == np.float64 else 2 * tol.layers_rel(13, 9 * 512)
-    assert rel_err(got, want) < bound
+    assert tol.rel_err(got, want) < bound
 
 
 @pytest.mark.torch
@@ -381,8 +376,8 @@ def test_keras_conv1_adaptation_is_exact_in_the_interior():
         return np.asarray(y + bias)
 
     want, got = conv(caffe_bgr, k, b), conv(ours, k2, b2)
-    assert rel_err(got[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1]) < 1e-5
-    assert rel_err(got, want) < 1e-2  # the border differs by < 0.5 grey levels of padding
+    assert tol.rel_err(got[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1]) < 1e-5
+    assert tol.rel_err(got, want) < 1e-2  # the border differs by < 0.5 grey levels of padding
 
 
 def test_keras_h5_errors(tmp_path, keras_params):

@@ -26,11 +26,6 @@ TRUNK_PARAMS = {50: 8_543_296, 101: 27_535_424}
 EXACT64_RESNET = 1e-10
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def images(n: int, hw: tuple[int, int] = HW, seed: int = 1) -> np.ndarray:
     """``[n, 3, H, W]`` float64 pseudo-images (ImageNet-normalised scale)."""
     return np.random.default_rng(seed).standard_normal((n, 3, *hw))
@@ -159,7 +154,7 @@ def test_float64_equals_torch_double(depth, width, hw, batch):
         got.shape == want.shape == (batch, output_size(hw[0]), output_size(hw[1]), enc.out_channels)
     )
     assert np.max(want) > 0 and np.mean(want == 0) < 0.9  # a non-degenerate ReLU output
-    assert rel_err(got, want) < EXACT64_RESNET
+    assert tol.rel_err(got, want) < EXACT64_RESNET
 
 
 @pytest.mark.torch
@@ -179,7 +174,7 @@ def test_float32_pth_file_matches_torch_double(tmp_path):
     got = forward(ResNetEncoder(depth=depth, width=SMALL), variables, jnp.asarray(nhwc(x)))
     assert got.dtype == jnp.float32
     n_layers, max_fan_in = conv_path_stats(depth, SMALL)
-    assert rel_err(got, want) < tol.layers_rel(n_layers, max_fan_in)
+    assert tol.rel_err(got, want) < tol.layers_rel(n_layers, max_fan_in)
 
 
 def test_compute_dtypes():
@@ -235,7 +230,7 @@ def test_batch_norm_is_frozen():
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), b)
-    assert rel_err(batch[:1], alone) < EXACT64_RESNET
+    assert tol.rel_err(batch[:1], alone) < EXACT64_RESNET
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,11 +39,6 @@ HW = (41, 33)  # non-square; features 6 x 5
 FWD32 = tol.layers_rel(13, 9 * scaled_channels(512, WIDTH))
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def make_episodes(n_ways: int, n_shots: int, n_queries: int, batch: int, hw: tuple[int, int],
                   seed: int) -> dict[str, np.ndarray]:  # fmt: skip
     """Batched episodes with rectangle objects, class-coloured noisy images, a row of 255
@@ -178,7 +173,7 @@ def _check_forward(episodes, output, logits, scores, metrics, loss, losses, copy
     want_logits = output.detach().numpy().reshape(n_queries, batch, 1 + n_ways, h, w)
     want_logits = want_logits.transpose(1, 0, 3, 4, 2)  # -> [B, Q, H, W, 1 + N]
     assert logits.shape == want_logits.shape
-    assert rel_err(logits, want_logits) < rtol
+    assert tol.rel_err(logits, want_logits) < rtol
     total, seg, par = losses
     assert par > 0  # PAR is exercised
     for got, want in ((metrics["loss_seg"], seg), (metrics["loss_par"], par), (loss, total)):
@@ -188,8 +183,8 @@ def _check_forward(episodes, output, logits, scores, metrics, loss, losses, copy
 def _check_feature_grads(ref, episodes, feature_grads, rtol):
     batch, n_ways, n_shots = episodes["support_fg"].shape[:3]
     want_supp, want_qry = tr.features_to_jax(ref.last_features.grad, n_ways, n_shots, batch)
-    assert rel_err(feature_grads[0], want_supp) < rtol
-    assert rel_err(feature_grads[1], want_qry) < rtol
+    assert tol.rel_err(feature_grads[0], want_supp) < rtol
+    assert tol.rel_err(feature_grads[1], want_qry) < rtol
 
 
 @pytest.mark.parametrize("n_ways,n_shots,n_queries,copy_way", CASES)
@@ -206,9 +201,9 @@ def test_panet_matches_official_float64(n_ways, n_shots, n_queries, copy_way):
     convs = tr.conv_modules(ref.encoder)
     for idx, (name, _, _) in enumerate(VGG16_LAYERS):
         want_k = tr.oihw_to_hwio(convs[idx].weight.grad)
-        assert rel_err(grads["encoder"][name]["kernel"], want_k) < tol.EXACT64, name
+        assert tol.rel_err(grads["encoder"][name]["kernel"], want_k) < tol.EXACT64, name
         want_b = convs[idx].bias.grad.numpy()
-        assert rel_err(grads["encoder"][name]["bias"], want_b) < tol.EXACT64, name
+        assert tol.rel_err(grads["encoder"][name]["bias"], want_b) < tol.EXACT64, name
 
 
 @pytest.mark.parametrize("n_ways,n_shots,n_queries,copy_way", CASES)
@@ -225,5 +220,5 @@ def test_panet_matches_official_float32(n_ways, n_shots, n_queries, copy_way):
     _check_feature_grads(ref, episodes, feature_grads, 10 * FWD32)
     conv5_3 = tr.conv_modules(ref.encoder)[-1]
     want_k = tr.oihw_to_hwio(conv5_3.weight.grad)
-    assert rel_err(grads["encoder"]["conv5_3"]["kernel"], want_k) < 10 * FWD32
-    assert rel_err(grads["encoder"]["conv5_3"]["bias"], conv5_3.bias.grad.numpy()) < 10 * FWD32
+    assert tol.rel_err(grads["encoder"]["conv5_3"]["kernel"], want_k) < 10 * FWD32
+    assert tol.rel_err(grads["encoder"]["conv5_3"]["bias"], conv5_3.bias.grad.numpy()) < 10 * FWD32

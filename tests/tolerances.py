@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 U64 = 2.0**-53  # float64 unit roundoff (round to nearest)
 U32 = 2.0**-24  # float32
 UBF16 = 2.0**-9  # bfloat16 (8 significand bits)
@@ -28,3 +30,9 @@ def layers_rel(n_layers: int, max_fan_in: int, u: float = U32) -> float:
     """Relative error of a forward pass through ``n_layers`` dot-product layers whose largest
     fan-in is ``max_fan_in``: ``n_layers * sqrt(max_fan_in) * u``."""
     return n_layers * dot_rel(max_fan_in, u)
+
+
+def rel_err(a, b) -> float:
+    """``max |a - b| / max |b|`` in float64: the relative difference the gates above bound."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))

@@ -26,7 +26,7 @@ VGG16_LAYERS: tuple[tuple[str, int, int], ...] = (
     ("conv5_1", 512, 2), ("conv5_2", 512, 2), ("conv5_3", 512, 2),
 )  # fmt: skip
 # Pooling after the last conv of each block: (kernel, stride); padding 1 everywhere.
-POOL_AFTER = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1}
+_POOL_AFTER = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1}
 
 # PyTorch's kaiming_normal_(nonlinearity='relu'), fan_in, untruncated normal.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -45,6 +45,22 @@ def torch_default_bias_init(fan_in: int):
 def scaled_channels(channels: int, width: float) -> int:
     """Channel count under a width multiplier (at least 1)."""
     return max(1, round(channels * width))
+
+
+def layer_shapes(
+    height: int, width: int, width_mult: float = 1.0
+) -> list[tuple[str, int, int, int, int, int]]:
+    """``(name, H, W, C_in, C_out, dilation)`` of each conv for one ``[height, width]`` image,
+    in order: the sides each layer sees after the pools before it."""
+    shapes, c_in = [], 3
+    for name, ch, dil in VGG16_LAYERS:
+        c_out = scaled_channels(ch, width_mult)
+        shapes.append((name, height, width, c_in, c_out, dil))
+        c_in = c_out
+        if name in _POOL_AFTER:  # k3 p1: (side + 2 - 3) // stride + 1
+            stride = _POOL_AFTER[name]
+            height, width = (height - 1) // stride + 1, (width - 1) // stride + 1
+    return shapes
 
 
 def output_size(size: int) -> int:
@@ -97,7 +113,7 @@ class VGG16Encoder(nn.Module):
             in_ch = out_ch
             if name != "conv5_3":  # lastRelu=False
                 x = nn.relu(x)
-            if name in POOL_AFTER:
-                s = POOL_AFTER[name]
+            if name in _POOL_AFTER:
+                s = _POOL_AFTER[name]
                 x = max_pool_3x3(x, s)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))
