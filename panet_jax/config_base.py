@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from panet_jax.models.names import DINOV2_ENCODERS, ENCODERS
+
 # Keys accepted in the ``--config=configs/x.py:<arg>`` suffix and where they go.
 ARG_KEYS = {
     "fold": ("data", "fold", int),
@@ -74,6 +76,11 @@ def _model_section() -> ml_collections.ConfigDict:
     # Encoder layers left untouched by training (optax masking): '' none, 'all', or a comma
     # list of top-level layers ('conv1_1,conv1_2' for VGG-16; 'conv1,bn1,layer1' for ResNets).
     s.frozen = ""
+    # DINOv2 encoders: the block whose normed patch tokens are the features (-1: the last).
+    s.feature_layer = -1
+    # Foreground prototypes per class: 1 = PANet's one mean; k > 1 = cosine k-means of the
+    # support foreground features (ops.kmeans_prototypes), a pixel scored by its best one.
+    s.prototypes_per_class = 1
     return s
 
 
@@ -186,7 +193,6 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
 # Validation: every key, one place, before any device or file work.
 # --------------------------------------------------------------------------------------------
 
-ENCODERS = ("vgg16", "resnet50", "resnet101")
 DTYPES = ("float32", "bfloat16", "float64")
 PARALLEL_IMPLS = ("shard_map", "pmap")
 MIN_IMAGE_SIDE = 16  # three stride-2 pools leave 2 x 2 features
@@ -237,6 +243,9 @@ def _check_model_and_data(c: _Checker, config: ml_collections.ConfigDict) -> Non
 
     d = config.data
     c.one_of("model.encoder", ENCODERS)
+    if "prototypes_per_class" in config.model:  # configs saved before the key have 1
+        c.int_at_least("model.prototypes_per_class", 1)
+    _check_dinov2(c, config)
     c.number("model.width", "a number in (0, 1]", lambda v: 0 < v <= 1)
     c.one_of("model.dtype", DTYPES)
     c.number("model.scale", "a positive number", lambda v: v > 0)
@@ -257,6 +266,23 @@ def _check_model_and_data(c: _Checker, config: ml_collections.ConfigDict) -> Non
         n_train = len(folds.train_classes(d.dataset, d.fold, d.coco_split))
         expected = f"at most the {n_train} training classes of {d.dataset} fold {d.fold}"
         c.require("data.n_ways", d.n_ways <= n_train, expected)
+
+
+def _check_dinov2(c: _Checker, config: ml_collections.ConfigDict) -> None:
+    """ViT keys: images of whole 14-pixel patches, an existing feature block."""
+    from panet_jax.models import dinov2  # flax, no device work
+
+    m, d = config.model, config.data
+    if m.encoder not in DINOV2_ENCODERS:
+        return
+    size = tuple(d.image_size) if isinstance(d.image_size, tuple | list) else ()
+    c.require("data.image_size", all(_is_int(s) and s % dinov2.PATCH_SIZE == 0 for s in size),
+              f"multiples of the ViT patch size {dinov2.PATCH_SIZE} for {m.encoder} "
+              "(e.g. (518, 518))")  # fmt: skip
+    depth = dinov2.SPECS[m.encoder].depth
+    if "feature_layer" in m:
+        ok = _is_int(m.feature_layer) and -depth <= m.feature_layer < depth
+        c.require("model.feature_layer", ok, f"a block index in -{depth}..{depth - 1}")
 
 
 def _check_frozen(c: _Checker, config: ml_collections.ConfigDict) -> None:

@@ -4,6 +4,9 @@ read its ImageNet weights, name its layers.
 * ``'vgg16'``: the official PANet encoder (:mod:`panet_jax.models.vgg`); params only.
 * ``'resnet50'`` / ``'resnet101'``: torchvision bottleneck ResNets up to a dilated ``layer3``
   (:mod:`panet_jax.models.resnet`); params plus frozen ``batch_stats``.
+* ``'dinov2_vit{s,b,l,g}14[_reg]'``: DINOv2 ViTs (:mod:`panet_jax.models.dinov2`), patch
+  tokens of ``model.feature_layer``; params only. Weights: official ``.pth``, Hugging Face
+  ``.safetensors`` or converted ``.npz`` (:mod:`panet_jax.models.weights.dinov2`).
 
 Encoder variables are ``{'params': ..., 'batch_stats': ...}`` (``batch_stats`` only for
 ResNets); inside PANet they sit under ``'encoder'`` in each collection.
@@ -18,7 +21,8 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from panet_jax.config_base import ENCODERS
+from panet_jax.models import dinov2
+from panet_jax.models.names import DINOV2_ENCODERS, ENCODERS
 from panet_jax.models.resnet import STAGES, STEM_CHANNELS, ResNetEncoder
 from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder
 
@@ -26,8 +30,14 @@ RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
 RESNET_TOP_LEVEL = ("conv1", "bn1", *(stage for stage, *_ in STAGES))
 
 
-def build_encoder(name: str, width: float, dtype: Any, param_dtype: Any) -> nn.Module:
-    """The encoder module ``name`` at channel multiplier ``width``."""
+def build_encoder(
+    name: str, width: float, dtype: Any, param_dtype: Any, feature_layer: int = -1
+) -> nn.Module:
+    """The encoder module ``name`` at channel multiplier ``width`` (``feature_layer``: the
+    block a ViT's features come from)."""
+    if name in DINOV2_ENCODERS:
+        spec = dinov2.scaled_spec(dinov2.SPECS[name], width)
+        return dinov2.DinoV2Encoder(spec, feature_layer, dtype=dtype, param_dtype=param_dtype)
     if name == "vgg16":
         return VGG16Encoder(width=width, dtype=dtype, param_dtype=param_dtype)
     if name in RESNET_DEPTHS:
@@ -41,12 +51,16 @@ def layer_names(name: str) -> tuple[str, ...]:
     """Top-level parameter groups of encoder ``name`` (what ``config.model.frozen`` names)."""
     if name == "vgg16":
         return tuple(layer for layer, _, _ in VGG16_LAYERS)
+    if name in DINOV2_ENCODERS:
+        return dinov2.param_groups(dinov2.SPECS[name])
     return RESNET_TOP_LEVEL
 
 
 def frozen_layers(name: str, frozen: str) -> tuple[str, ...]:
     """The layers ``config.model.frozen`` names: ``''`` none, ``'all'`` every one, or a
     comma-separated list of :func:`layer_names`; ``ValueError`` naming the key otherwise."""
+    if name in DINOV2_ENCODERS:
+        return dinov2.frozen_groups(dinov2.SPECS[name], frozen)
     names = layer_names(name)
     if frozen.strip() == "all":
         return names
@@ -64,6 +78,10 @@ def identify(encoder_variables: Mapping[str, Any]) -> tuple[str, float]:
     """``(encoder name, width)`` of encoder variables (``{'params': ..., 'batch_stats': ...}``)
     from their layer names and channels; every shape is checked against that encoder's."""
     params = encoder_variables["params"]
+    if "pos_embed" in params:
+        from panet_jax.models.weights import dinov2 as dinov2_weights
+
+        return dinov2_weights.identify_params(params)
     if "conv5_3" in params:
         from panet_jax import pretrained
 
@@ -77,13 +95,18 @@ def identify(encoder_variables: Mapping[str, Any]) -> tuple[str, float]:
         return f"resnet{depth}", width
     raise ValueError(
         "variables hold neither a VGG-16 PANet encoder ({'params': {'encoder': {'conv1_1': ..., "
-        "'conv5_3': ...}}}) nor a ResNet one ('conv1', 'layer1'..'layer3'); found "
+        "'conv5_3': ...}}}), a ResNet one ('conv1', 'layer1'..'layer3') nor a DINOv2 one "
+        "('pos_embed', 'blocks_0', ...); found "
         f"{sorted(params)[:6]}"
     )
 
 
 def load_weights(path: str | os.PathLike, name: str, width: float = 1.0) -> dict[str, Any]:
     """Encoder variables of ``name`` from an ImageNet / converted weight file (by suffix)."""
+    if name in DINOV2_ENCODERS:
+        from panet_jax.models.weights import dinov2 as dinov2_weights
+
+        return dinov2_weights.load_dinov2(path, name, width)[2]
     if name in RESNET_DEPTHS:
         from panet_jax.models import resnet_weights
 
@@ -97,9 +120,14 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, Any]:
     """Encoder variables of any weight file, the encoder recognised from its contents:
     a ResNet ``.npz`` (``params/...`` and ``batch_stats/...`` entries), a VGG-16 ``.npz``
     of any width, or ImageNet VGG-16 ``.pth`` / ``.h5`` (ResNet ``.pth`` files need
-    ``config.model.encoder``: :func:`load_weights`)."""
+    ``config.model.encoder``: :func:`load_weights`), or DINOv2 ``.pth`` / ``.safetensors`` /
+    ``.npz``."""
     from panet_jax import pretrained
 
+    if is_dinov2_file(path):
+        from panet_jax.models.weights import dinov2 as dinov2_weights
+
+        return dinov2_weights.load_dinov2(path)[2]
     if _is_resnet_npz(path):
         from panet_jax.models import resnet_weights
 
@@ -118,3 +146,27 @@ def _is_resnet_npz(path: str | os.PathLike) -> bool:
             return any(k.startswith("params/") for k in data.files)
     except Exception:
         return False
+
+
+def is_dinov2_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds DINOv2 weights, from its suffix and key names only (a ``.pth``
+    is opened memory-mapped: no tensor is read; an unreadable file is left to the loader)."""
+    p = os.fspath(path).lower()
+    if p.endswith(".safetensors"):
+        return True
+    try:
+        if p.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                keys = list(data.files)
+        elif p.endswith((".pth", ".pt")):
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            obj = obj.get("state_dict", obj) if isinstance(obj, Mapping) else {}
+            keys = list(obj) if isinstance(obj, Mapping) else []
+        else:
+            return False
+    except Exception:
+        return False
+    return "pos_embed" in keys or any(k.removeprefix("dinov2.").startswith("embeddings.")
+                                      for k in keys)  # fmt: skip

@@ -39,6 +39,8 @@ class PANet(nn.Module):
 
     encoder: nn.Module
     scale: float = ops.DEFAULT_SCALE
+    prototypes: int = 1  # foreground prototypes per class (> 1: ops.multi_prototype_scores)
+    kmeans_seed: int = 0  # their k-means start: jax.random.key(kmeans_seed)
 
     def features(self, episodes: dict[str, Array]) -> tuple[Array, Array]:
         """Encode all supports and queries of the batch in one encoder call (as the official
@@ -61,8 +63,9 @@ class PANet(nn.Module):
     def __call__(self, episodes: dict[str, Array]) -> dict[str, Array]:
         supp_fts, qry_fts = self.features(episodes)
         return panet_head(
-            supp_fts, qry_fts, episodes["support_fg"], episodes["support_bg"], self.scale
-        )
+            supp_fts, qry_fts, episodes["support_fg"], episodes["support_bg"], self.scale,
+            self.prototypes, jax.random.key(self.kmeans_seed),
+        )  # fmt: skip
 
     def init_params(
         self, rng: Array, image_size: tuple[int, int], n_ways: int = 1, n_shots: int = 1
@@ -78,19 +81,29 @@ def panet_head(
     support_fg: Array,
     support_bg: Array,
     scale: float = ops.DEFAULT_SCALE,
+    prototypes: int = 1,
+    key: Array | None = None,
 ) -> dict[str, Array]:
     """The parameter-free PANet head on a batch of encoded episodes.
 
     Args:
       support_features: ``[B, N, K, h, w, C]``; query_features: ``[B, Q, h, w, C]``;
       support_fg, support_bg: ``[B, N, K, H, W]`` masks at image resolution.
+      prototypes: foreground prototypes per class (1: PANet); key: their k-means PRNG key
+        (every episode of the batch uses the same).
     Returns:
       The :class:`PANet` outputs (``logits``, ``scores``, ``support_features``,
       ``query_features``); the features are passed through so :func:`panet_loss` can use them.
     """
-    scores = jax.vmap(ops.query_scores, in_axes=(0, 0, 0, 0, None))(
-        query_features, support_features, support_fg, support_bg, scale
-    )
+    if prototypes == 1:
+        scores = jax.vmap(ops.query_scores, in_axes=(0, 0, 0, 0, None))(
+            query_features, support_features, support_fg, support_bg, scale
+        )
+    else:
+        key = jax.random.key(0) if key is None else key
+        scores = jax.vmap(ops.multi_prototype_scores, in_axes=(0, 0, 0, 0, None, None, None))(
+            query_features, support_features, support_fg, support_bg, prototypes, key, scale
+        )
     return {
         "logits": ops.resize_bilinear(scores, support_fg.shape[-2:]),
         "scores": scores,

@@ -25,6 +25,7 @@ IGNORE_LABEL = 255
 MAP_EPS = 1e-5  # masked-average-pooling denominator epsilon (official getFeatures / alignLoss)
 COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity default
 DEFAULT_SCALE = 20.0  # the paper's alpha
+KMEANS_ITERATIONS = 10  # fixed Lloyd iterations of the multi-prototype k-means
 # The few-shot head is cheap next to the encoder; keep it exact on every backend.
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -174,6 +175,85 @@ def query_scores(
     """
     protos = episode_prototypes(support_features, support_fg, support_bg)
     return cosine_logits(query_features, protos, scale)
+
+
+# --------------------------------------------------------------------------------------
+# Several prototypes per class: cosine k-means of the support foreground.
+# --------------------------------------------------------------------------------------
+
+
+def kmeans_init(key: Array, weights: Array, k: int) -> Array:
+    """``[k]`` distinct indices into ``weights [P]``, drawn without replacement with
+    probability proportional to the weights (Gumbel top-k; zero-weight points only once the
+    positive ones are used up)."""
+    scores = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -1e30)
+    return jax.lax.top_k(scores + jax.random.gumbel(key, weights.shape, weights.dtype), k)[1]
+
+
+def cosine_kmeans(
+    points: Array, weights: Array, init: Array, iterations: int = KMEANS_ITERATIONS
+) -> Array:
+    """Weighted spherical k-means: ``k`` prototypes of ``points [P, C]`` (weights ``[P]``).
+
+    Centres start at ``points[init]`` (``init [k]``, see :func:`kmeans_init`); each of the
+    ``iterations`` Lloyd steps assigns every point to its most cosine-similar centre (the
+    first on ties) and moves each centre to the direction of the weighted sum of its unit
+    points (a centre with no weight stays). Returns ``[k, C]``: each cluster's weighted mean
+    of the (unnormalised) points, or the weighted mean of all points for an empty cluster.
+    """
+    unit = points / jnp.maximum(jnp.linalg.norm(points, axis=-1, keepdims=True), COSINE_EPS)
+    k = init.shape[0]
+
+    def members(centres: Array) -> Array:  # [P, k] one-hot of each point's nearest centre
+        sims = jnp.einsum("pc,kc->pk", unit, centres, precision=_HIGHEST)
+        return jax.nn.one_hot(jnp.argmax(sims, axis=-1), k, dtype=points.dtype)
+
+    def step(centres: Array, _) -> tuple[Array, None]:
+        sums = jnp.einsum("pk,p,pc->kc", members(centres), weights, unit, precision=_HIGHEST)
+        norm = jnp.linalg.norm(sums, axis=-1, keepdims=True)
+        return jnp.where(norm > 0, sums / jnp.where(norm > 0, norm, 1.0), centres), None
+
+    centres, _ = jax.lax.scan(step, unit[init], None, length=iterations)
+    m = members(centres) * weights[:, None]  # [P, k]
+    mass = jnp.sum(m, axis=0)[:, None]
+    means = jnp.einsum("pk,pc->kc", m, points, precision=_HIGHEST) / jnp.where(mass > 0, mass, 1)
+    overall = weights @ points / jnp.maximum(jnp.sum(weights), MAP_EPS)
+    return jnp.where(mass > 0, means, overall[None])
+
+
+def class_prototypes(
+    support_features: Array, support_fg: Array, k: int, key: Array,
+    iterations: int = KMEANS_ITERATIONS,
+) -> Array:  # fmt: skip
+    """``[k, C]`` prototypes of one class: :func:`cosine_kmeans` over the feature pixels of
+    its ``K`` supports (``[K, h, w, C]``), weighted by the fg masks (``[K, H, W]``) pulled back
+    to feature resolution (:func:`project_mask`, the weights of masked average pooling)."""
+    c = support_features.shape[-1]
+    weights = project_mask(support_fg.astype(support_features.dtype), support_features.shape[-3:-1])
+    points, weights = support_features.reshape(-1, c), weights.reshape(-1)
+    return cosine_kmeans(points, weights, kmeans_init(key, weights, k), iterations)
+
+
+def multi_prototype_scores(
+    query_features: Array, support_features: Array, support_fg: Array, support_bg: Array,
+    k: int, key: Array, scale: float = DEFAULT_SCALE,
+) -> Array:  # fmt: skip
+    """:func:`query_scores` with ``k`` foreground prototypes per way: a pixel's way score is
+    its best prototype's ``scale * cos``; the background keeps PANet's one prototype. Way
+    ``n`` draws its k-means start from ``fold_in(key, n)``.
+
+    Args: as :func:`query_scores`, plus ``k`` and the PRNG ``key``.
+    Returns: ``[Q, h, w, 1 + N]`` (channel 0 = background).
+    """
+    _, bg = support_prototypes(support_features, support_fg, support_bg)
+    keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(support_fg.shape[0]))
+    fg = jax.vmap(class_prototypes, in_axes=(0, 0, None, 0))(
+        support_features, support_fg, k, keys
+    )  # [N, k, C]
+    n, c = fg.shape[0], fg.shape[-1]
+    scores = cosine_logits(query_features, jnp.concatenate([bg[None], fg.reshape(-1, c)]), scale)
+    way_scores = jnp.max(scores[..., 1:].reshape(*scores.shape[:-1], n, k), axis=-1)
+    return jnp.concatenate([scores[..., :1], way_scores], axis=-1)
 
 
 def hard_labels(logits: Array) -> Array:

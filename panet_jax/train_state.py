@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import struct
 from flax.training import train_state
 
@@ -44,8 +45,9 @@ def build_model(config: ml_collections.ConfigDict) -> PANet:
     if m.dtype not in _DTYPES:
         raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
     dtype, param_dtype = _DTYPES[m.dtype]
-    encoder = encoders.build_encoder(m.encoder, m.width, dtype, param_dtype)
-    return PANet(encoder=encoder, scale=m.scale)
+    encoder = encoders.build_encoder(m.encoder, m.width, dtype, param_dtype,
+                                     m.get("feature_layer", -1))  # fmt: skip
+    return PANet(encoder=encoder, scale=m.scale, prototypes=m.get("prototypes_per_class", 1))
 
 
 def _state_from_variables(config: ml_collections.ConfigDict, variables: Any) -> TrainState:
@@ -92,7 +94,31 @@ def merge_encoder(variables: Mapping[str, Any], encoder: Mapping[str, Any]) -> d
         return resnet_weights.merge_encoder_variables(variables, encoder)
     from panet_jax import pretrained
 
+    if "pos_embed" in encoder["params"]:  # a ViT: nested params, same shape checks
+        return _merge_nested(variables, encoder["params"])
     return pretrained.merge_encoder_params(variables, encoder["params"])
+
+
+def _merge_nested(variables: Mapping[str, Any], encoder_params: Mapping[str, Any]) -> dict:
+    """``variables`` with ``params['encoder']`` replaced by ``encoder_params`` of the same tree
+    and shapes (cast to the model's dtypes)."""
+    from panet_jax.pretrained import PretrainedWeightsError
+
+    current = variables["params"]["encoder"]
+    if jax.tree.structure(current) != jax.tree.structure(encoder_params):
+        raise PretrainedWeightsError(
+            f"encoder params differ from the model's: model has {sorted(current)[:4]}..., "
+            f"weights have {sorted(encoder_params)[:4]}..."
+        )
+    for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(current),
+                                jax.tree.leaves(encoder_params), strict=True):  # fmt: skip
+        if tuple(old.shape) != tuple(np.shape(new)):
+            raise PretrainedWeightsError(
+                f"{jax.tree_util.keystr(path)}: model expects shape {tuple(old.shape)}, weights "
+                f"have {tuple(np.shape(new))}"
+            )
+    encoder = jax.tree.map(lambda o, n: jnp.asarray(n, o.dtype), current, encoder_params)
+    return {**variables, "params": {**variables["params"], "encoder": encoder}}
 
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:

@@ -18,6 +18,7 @@ state-dict keys (``patch_embed``, ``cls_token``, ``pos_embed``, ``register_token
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -249,3 +250,41 @@ class DinoV2Encoder(nn.Module):
         x = x[:, 1 + self.spec.num_register_tokens :]
         x = x.reshape(b, h // PATCH_SIZE, w // PATCH_SIZE, -1)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))
+
+
+EMBEDDING_PARAMS = ("patch_embed", "cls_token", "pos_embed", "register_tokens")
+
+
+def param_groups(spec: ViTSpec) -> tuple[str, ...]:
+    """Top-level param names of the encoder, in forward order."""
+    embed = EMBEDDING_PARAMS if spec.num_register_tokens else EMBEDDING_PARAMS[:3]
+    return (*embed, *(f"blocks_{i}" for i in range(spec.depth)), "norm")
+
+
+def frozen_groups(spec: ViTSpec, frozen: str) -> tuple[str, ...]:
+    """The top-level params ``config.model.frozen`` names for a ViT: ``'all'``, or a comma list
+    of ``patch_embed`` (the patch, class, register and position embeddings), ``blocks_<i>``,
+    ``blocks_<i>-<j>`` (``i..j`` inclusive) and ``norm``; ``ValueError`` naming the item."""
+    groups = param_groups(spec)
+    if frozen.strip() == "all":
+        return groups
+    out: list[str] = []
+    for item in (v.strip() for v in frozen.split(",") if v.strip()):
+        if item == "patch_embed":
+            out += [g for g in groups if g in EMBEDDING_PARAMS]
+        elif item == "norm":
+            out.append("norm")
+        elif m := re.fullmatch(r"blocks_(\d+)(?:-(\d+))?", item):
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if not lo <= hi < spec.depth:
+                raise ValueError(
+                    f"config.model.frozen={frozen!r}: {item!r} is outside blocks_0-{spec.depth - 1}"
+                )
+            out += [f"blocks_{i}" for i in range(lo, hi + 1)]
+        else:
+            raise ValueError(
+                f"config.model.frozen={frozen!r}: {item!r} is not a ViT part; expected '', 'all' "
+                f"or a comma list of patch_embed, blocks_<i>, blocks_<i>-<j> (0..{spec.depth - 1}),"
+                " norm"
+            )
+    return tuple(dict.fromkeys(out))

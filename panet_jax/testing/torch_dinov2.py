@@ -150,7 +150,9 @@ def build_reference(
 
 
 @torch.no_grad()
-def reference_features(model: torch.nn.Module, images_nhwc: np.ndarray, layer: int = -1) -> np.ndarray:
+def reference_features(
+    model: torch.nn.Module, images_nhwc: np.ndarray, layer: int = -1
+) -> np.ndarray:
     """``get_intermediate_layers(n=[layer], norm=True)`` patch tokens as ``[B, gh, gw, C]``."""
     x = torch.as_tensor(np.asarray(images_nhwc).transpose(0, 3, 1, 2),
                         dtype=next(model.parameters()).dtype)  # fmt: skip

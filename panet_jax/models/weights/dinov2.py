@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from panet_jax.models.dinov2 import PATCH_SIZE, POS_GRID, SPECS, ViTSpec, ffn_hidden
+from panet_jax.models.dinov2 import PATCH_SIZE, POS_GRID, SPECS, ViTSpec, ffn_hidden, scaled_spec
 from panet_jax.pretrained import PretrainedWeightsError, read_npz, read_torch_state_dict
 
 SUFFIXES = (".pth", ".pt", ".safetensors", ".npz")
@@ -305,22 +305,42 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     return hf_to_official(state, path) if is_hf_state(state) else dict(state)
 
 
-def load_dinov2(path: str | os.PathLike, name: str | None = None) -> tuple[str, dict[str, Any]]:
-    """``(encoder name, {'params': ...})`` of a DINOv2 weight file; with ``name`` given the file
-    must hold that model (a ViT-S file given as ViT-B is refused, naming both)."""
+def match_hub(spec: ViTSpec, name: str | None = None) -> tuple[str, float] | None:
+    """``(hub name, width)`` whose :func:`~panet_jax.models.dinov2.scaled_spec` has the
+    shapes of ``spec`` (only ``name`` when given), widest first: a ViT-B at width w has the
+    shapes of a ViT-S at 2w and is read as the ViT-S. ``None`` if none has."""
+    for hub_name, hub in SPECS.items():
+        if name is not None and hub_name != name:
+            continue
+        if (hub.depth, hub.ffn, hub.num_register_tokens) != (
+            spec.depth, spec.ffn, spec.num_register_tokens):  # fmt: skip
+            continue
+        head_dim, rem = divmod(spec.embed_dim, hub.num_heads)
+        width = head_dim / (hub.embed_dim // hub.num_heads)
+        if rem == 0 and 0 < width <= 1:
+            return hub_name, width
+    return None
+
+
+def load_dinov2(
+    path: str | os.PathLike, name: str | None = None, width: float | None = None
+) -> tuple[str, float, dict[str, Any]]:
+    """``(encoder name, width, {'params': ...})`` of a DINOv2 weight file. With ``name`` (and
+    ``width``) given the file must hold that model: a ViT-S file given as ViT-B is refused,
+    naming both; the published weights are width 1, smaller widths are for tests."""
     state = read_state(path)
     source = os.fspath(path)
-    found = name_of(architecture_of(state, source))
-    if name is None:
-        if found is None:
-            raise DinoV2WeightsError(
-                f"{source}: holds {describe('an unknown DINOv2', architecture_of(state, source))}"
-                f"; expected one of the hub models {sorted(SPECS)}"
-            )
-        name = found
-    if name not in SPECS:
-        raise DinoV2WeightsError(f"{source}: {name!r} is not one of {sorted(SPECS)}")
-    return name, {"params": state_to_params(state, name, source)}
+    found = architecture_of(state, source)
+    match = match_hub(found, name)
+    if match is None or (width is not None and match[1] != width):
+        held = match_hub(found)
+        held_str = describe(*held[:1], found) if held else describe("an unknown DINOv2", found)
+        want = (describe(name, scaled_spec(SPECS[name], width or 1.0)) if name in SPECS
+                else f"one of {sorted(SPECS)}")  # fmt: skip
+        raise DinoV2WeightsError(f"{source}: holds {held_str}; expected {want}")
+    name, width = match
+    spec = scaled_spec(SPECS[name], width)
+    return name, width, {"params": state_to_params(state, name, source, spec)}
 
 
 def save_npz(params: Mapping[str, Any], spec: ViTSpec, path: str | os.PathLike) -> None:
@@ -330,19 +350,18 @@ def save_npz(params: Mapping[str, Any], spec: ViTSpec, path: str | os.PathLike) 
 
 
 def identify_params(params: Mapping[str, Any]) -> tuple[str, float]:
-    """``(hub name, width)`` of DINOv2 Flax params: the hub model of the same depth, FFN and
-    registers whose embed dim, scaled by the width, is the params' (widest first: a ViT-B at
-    width w has the shapes of a ViT-S at 2w, and is read as the ViT-S)."""
+    """``(hub name, width)`` of DINOv2 Flax params (see :func:`match_hub`); every shape is
+    checked against that model's."""
     spec = architecture_of(params_to_state_keys(params), "encoder params")
-    for name, hub in SPECS.items():
-        if (hub.depth, hub.ffn, hub.num_register_tokens) != (
-            spec.depth, spec.ffn, spec.num_register_tokens):  # fmt: skip
-            continue
-        head_dim, rem = divmod(spec.embed_dim, hub.num_heads)
-        width = head_dim / (hub.embed_dim // hub.num_heads)
-        if rem == 0 and 0 < width <= 1:
-            return name, width
-    raise DinoV2WeightsError(f"encoder params: no hub DINOv2 model has {describe('a', spec)}")
+    match = match_hub(spec)
+    if match is None:
+        raise DinoV2WeightsError(f"encoder params: no hub DINOv2 model has {describe('a', spec)}")
+    try:
+        state = params_to_state(params, spec)
+    except (KeyError, TypeError) as e:
+        raise DinoV2WeightsError(f"encoder params: {match[0]} entry missing: {e}") from e
+    check_state(state, scaled_spec(SPECS[match[0]], match[1]), match[0], "encoder params")
+    return match
 
 
 def params_to_state_keys(params: Mapping[str, Any]) -> dict[str, Any]:
