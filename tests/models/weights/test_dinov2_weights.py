@@ -102,7 +102,7 @@ def test_transformers_saved_safetensors(state, pth, tmp_path):
         spec = dinov2.scaled_spec(dinov2.SPECS[name], 1 / 64 if "vitg" in name else WIDTH)
         st = random_state(spec, seed=1)
         ref.build_reference(spec, st, dtype=t.float32).save_pretrained(tmp_path / name)
-        got_name, width, got = w.load_dinov2(tmp_path / name / "model.safetensors")
+        got_name, _, got = w.load_dinov2(tmp_path / name / "model.safetensors")
         assert got_name == name
         want = w.load_dinov2(save_pth(st, tmp_path / f"{name}.pth"))[2]
         assert_same_params(got, want)
@@ -138,7 +138,7 @@ def test_wrong_and_damaged_files(state, pth, tmp_path):
                    tmp_path / "vgg16.pth")  # fmt: skip
     _expect(vgg, r"not a DINOv2 state dict .*features\.0\.weight")
     (tmp_path / "w.bin").write_bytes(b"")
-    with pytest.raises(w.DinoV2WeightsError, match="unknown suffix '.bin'"):
+    with pytest.raises(w.DinoV2WeightsError, match=r"unknown suffix '\.bin'"):
         w.load_dinov2(tmp_path / "w.bin")
 
 
