@@ -3,12 +3,16 @@ r"""Convert ImageNet encoder weights to the ``.npz`` the PANet encoders load wit
     python experiments/convert_weights.py --input=vgg16-397923af.pth --output=vgg16.npz
     python experiments/convert_weights.py --encoder=resnet50 --input=resnet50-0676ba61.pth \
         --output=resnet50.npz
+    python experiments/convert_weights.py --encoder=dinov2_vitb14 \
+        --input=dinov2_vitb14_pretrain.pth --output=dinov2_vitb14.npz
 
 VGG-16 (``--encoder=vgg16``, the default): torchvision's ``vgg16-397923af.pth`` (needs PyTorch:
 ``pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``), a Keras
 ``vgg16_weights_tf_dim_ordering_tf_kernels(_notop).h5`` (needs h5py; conv1_1 is adapted to RGB
 ImageNet-normalised input) or an existing ``.npz``. ResNet (``--encoder=resnet50|resnet101``):
-torchvision's ``resnet50-*.pth`` / ``resnet101-*.pth``. The output is written atomically
+torchvision's ``resnet50-*.pth`` / ``resnet101-*.pth``. DINOv2 (``--encoder=dinov2_vit{s,b,l,g}14
+[_reg]``): the official ``dinov2_vit*14*_pretrain.pth`` or a Hugging Face ``model.safetensors``
+(the file must hold that model); the ``.npz`` keeps the official key names. The output is written atomically
 (temporary file + rename, readable like any new file) and an existing one is kept unless
 ``--overwrite`` is given. Exit status: 0 on success, 1 if the input is not usable, 2 on a
 flag error.
@@ -21,11 +25,12 @@ import os
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.models.names import ENCODERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "vgg16-397923af.pth, Keras .h5, resnet50/101 .pth, or .npz")
 flags.DEFINE_string("output", None, "The .npz to write.")
-flags.DEFINE_enum("encoder", "vgg16", ["vgg16", "resnet50", "resnet101"], "Which encoder.")
+flags.DEFINE_enum("encoder", "vgg16", list(ENCODERS), "Which encoder.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 flags.mark_flags_as_required(["input", "output"])
 
@@ -51,6 +56,20 @@ def _summary_vgg(params) -> str:
     return "\n".join(lines)
 
 
+def _dinov2():
+    """``(params, save, summary)`` of the DINOv2 file ``--input`` (``--encoder``'s model)."""
+    import jax
+
+    from panet_jax.models import dinov2
+    from panet_jax.models.weights import dinov2 as weights
+
+    name, _, variables = weights.load_dinov2(FLAGS.input, FLAGS.encoder, 1.0)
+    spec = dinov2.SPECS[name]
+    n = sum(v.size for v in jax.tree.leaves(variables))
+    save = lambda params, path: weights.save_npz(params, spec, path)  # noqa: E731
+    return variables["params"], save, f"{weights.describe(name)}, {n:,} values"
+
+
 def main(argv: list[str]) -> None:
     import jax
 
@@ -61,6 +80,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.encoder == "vgg16":
         params = pretrained.load_pretrained(FLAGS.input)
         save, summary = pretrained.save_npz, _summary_vgg(params)
+    elif FLAGS.encoder.startswith("dinov2"):
+        params, save, summary = _dinov2()
     else:
         depth = int(FLAGS.encoder.removeprefix("resnet"))
         params = resnet_weights.load_pretrained_resnet(FLAGS.input, depth)

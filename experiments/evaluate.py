@@ -7,7 +7,8 @@ r"""Evaluate a trained PANet on the test classes of a fold (the official 5 x 100
 
 ``--checkpoint``: a training workdir, its ``checkpoints`` directory, a step directory, or
 weights (a converted ``.npz``; ImageNet ``.pth`` / ``.h5``: the official ``notrain``
-evaluation); it is restored onto however many devices this process has. When the checkpoint
+evaluation; DINOv2 ``.pth`` / ``.safetensors`` / ``.npz`` with ``configs/dinov2.py``: training-free
+PANet, the file's model must be ``config.model.encoder``); it is restored onto however many devices this process has. When the checkpoint
 holds its training config, the model keys (``config.model.*``, except the compute dtype) are
 taken from it (a differing value on the command line is reported as a warning); a different
 dataset / fold / image size than the training run's is also reported. Everything that can be
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> None:
     input_pipeline.ensure_dataset(config)  # clear error (or auto_prepare) before restoring weights
     evaluation.check_episodes(config)  # official lists, class sizes: before restoring too
     variables = loading.load_variables(path, step=FLAGS.step)
+    loading.check_weights_encoder(config, variables, path)
     workdir = FLAGS.workdir or (path if os.path.isdir(path) else os.path.dirname(path) or ".")
     step = "latest" if FLAGS.step is None else FLAGS.step
     info = {"checkpoint": os.path.abspath(path), "step": step}

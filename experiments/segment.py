@@ -12,9 +12,11 @@ or with ``--mask_format=palette`` a palette PNG with index 1 = object) and
 a replaced file is swapped in only once its successor is complete.
 
 ``--checkpoint``: a training workdir, its ``checkpoints`` directory, a step directory, or
-weights (a converted ``.npz``, or ImageNet ``.pth`` / ``.h5``: the untrained model). The input
-size, width, dtype and scale are the training run's (``panet_jax.predict`` does the same);
-``--image_size`` overrides the size.
+weights (a converted ``.npz``, or ImageNet ``.pth`` / ``.h5``: the untrained model; DINOv2
+``dinov2_vit*14*_pretrain.pth``, Hugging Face ``model.safetensors`` or their ``.npz``: training-free
+segmentation, at 518 x 518 unless ``--image_size`` says otherwise). The input size, width, dtype
+and scale are the training run's (``panet_jax.predict`` does the same); ``--image_size``
+overrides the size.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ flags.DEFINE_enum(
     "binary: grey PNG 0/255; palette: 'P' PNG, index 0 background, 1 object.",
 )
 flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
-                  "size, else 417,417).")  # fmt: skip
+                  "size, else 417,417; 518,518 for DINOv2 weights).")  # fmt: skip
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_float("alpha", 0.5, "Overlay opacity, in [0, 1].")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")

@@ -5,9 +5,9 @@ A *source* is one of:
 * a training workdir (``config.json`` + ``checkpoints/``), its ``checkpoints`` directory, or one
   step directory ``checkpoints/<step>``: the run's config and its variables (latest step, or
   ``step``);
-* ImageNet VGG-16 weights (torchvision ``.pth``, Keras ``.h5``) or a converted ``.npz``: the
-  PANet head has no parameters, so these weights are the whole model (the official ``notrain``
-  evaluation);
+* ImageNet VGG-16 weights (torchvision ``.pth``, Keras ``.h5``), DINOv2 weights (official
+  ``.pth``, Hugging Face ``.safetensors``) or a converted ``.npz``: the PANet head has no
+  parameters, so these weights are the whole model (the official ``notrain`` evaluation);
 * ``None``: a randomly initialised model (kaiming, as the official code) of ``config``.
 """
 
@@ -29,7 +29,7 @@ from panet_jax import workdir as workdir_lib
 from panet_jax.config_base import base_config
 from panet_jax.model import PANet
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".h5", ".npz")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".h5", ".npz", ".safetensors")
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -118,6 +118,26 @@ def load_variables(
             )
             raise checkpointing.CheckpointReadError(step, ckpt.directory, e.cause, hint) from e
     return state.variables()
+
+
+def check_weights_encoder(
+    config: ml_collections.ConfigDict, variables: Mapping[str, Any], path: str | os.PathLike
+) -> None:
+    """A weight file's encoder must be ``config.model.encoder`` at ``config.model.width``
+    (checkpoints carry their own config); ``ValueError`` naming both otherwise."""
+    from panet_jax import encoders
+
+    if not is_weight_file(path):
+        return
+    encoder = {c: tree["encoder"] for c, tree in variables.items()}
+    name, width = encoders.identify(encoder)
+    m = config.model
+    if (name, width) != (m.encoder, float(m.width)):
+        raise ValueError(
+            f"{os.fspath(path)} holds a {name} encoder at width {width:g}; the config asks for "
+            f"{m.encoder} at width {float(m.width):g} (set --config.model.encoder={name} or "
+            "pick the file of that model)"
+        )
 
 
 def build_model(config: ml_collections.ConfigDict) -> PANet:

@@ -29,6 +29,7 @@ import numpy as np
 from panet_jax import ops
 from panet_jax.data import preprocess
 from panet_jax.model import PANet
+from panet_jax.models import dinov2
 from panet_jax.user_images import ImageInput, PathLike, describe, load_image, load_mask
 
 MAX_SUPPORTS = 5
@@ -76,6 +77,8 @@ def resolve_settings(
     from panet_jax import loading
 
     run: dict[str, Any] = {}
+    if _is_dinov2(source):  # weights without a run config: the hub models' 518 x 518
+        run["image_size"] = dinov2.DEFAULT_IMAGE_SIZE
     if isinstance(source, (str, os.PathLike)) and not loading.is_weight_file(source):
         config = loading.load_run_config(source)
         run = {
@@ -92,6 +95,16 @@ def resolve_settings(
     if not (np.isfinite(settings.scale) and settings.scale > 0):
         raise ValueError(f"scale: expected a positive number, got {settings.scale!r}")
     return dataclasses.replace(settings, image_size=tuple(int(v) for v in settings.image_size))
+
+
+def _is_dinov2(source: Mapping[str, Any] | PathLike) -> bool:
+    """Whether ``source`` is DINOv2 weights: a weight file or in-memory variables."""
+    from panet_jax import encoders, loading
+
+    if isinstance(source, (str, os.PathLike)):
+        return loading.is_weight_file(source) and encoders.is_dinov2_file(source)
+    params = loading.as_panet_variables(source)["params"]["encoder"]
+    return "pos_embed" in params
 
 
 def _as_list(x: Any, name: str, single_ndim: tuple[int, ...]) -> list:
@@ -237,15 +250,16 @@ def predict(
 
     Args:
       source: a training workdir / checkpoint directory / step directory (its run config sets
-        the defaults below), a weight file (``.npz`` / ``.pth`` / ``.h5``), or PANet variables
+        the defaults below), a weight file (``.npz`` / ``.pth`` / ``.h5``; DINOv2 ``.pth`` /
+        ``.safetensors`` / ``.npz``), or PANet variables
         (``{'params': {'encoder': ...}}``).
       support_images: 1 to 5 images (paths or RGB ``[H, W, 3]`` / grey ``[H, W]`` arrays; a
         list, one image, or a ``[K, H, W, 3]`` stack).
       support_masks: one mask per support, same size as its image (paths or ``[H, W]`` arrays);
         non-zero = foreground, or ``== mask_value`` when given (e.g. a VOC palette index).
       query_images: one or more images of any size (as ``support_images``).
-      image_size: ``(height, width)`` the model sees (default: the run's ``data.image_size``,
-        417x417 without a run config).
+      image_size: ``(height, width)`` the model sees (default: the run's ``data.image_size``;
+        without a run config 417x417, or 518x518 for DINOv2 weights).
       width: encoder width multiplier (default: the run's, else inferred from the params).
       dtype: compute dtype (default: the run's ``model.dtype``, else float32).
       scale: cosine scaling alpha (default: the run's; it does not change the argmax).

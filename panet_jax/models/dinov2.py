@@ -31,6 +31,7 @@ from panet_jax.models.vgg import torch_default_bias_init
 
 PATCH_SIZE = 14
 POS_GRID = 37  # the hub models' img_size=518 -> 37 x 37 stored position embeddings
+DEFAULT_IMAGE_SIZE = (POS_GRID * PATCH_SIZE,) * 2  # 518 x 518: stored embeddings used as is
 LAYER_NORM_EPS = 1e-6
 LAYER_SCALE_INIT = 1.0  # the hub models' init_values
 NUM_REGISTERS = 4

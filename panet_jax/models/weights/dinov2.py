@@ -357,11 +357,26 @@ def identify_params(params: Mapping[str, Any]) -> tuple[str, float]:
     if match is None:
         raise DinoV2WeightsError(f"encoder params: no hub DINOv2 model has {describe('a', spec)}")
     try:
-        state = params_to_state(params, spec)
+        state = _state_shapes(params, spec)
     except (KeyError, TypeError) as e:
         raise DinoV2WeightsError(f"encoder params: {match[0]} entry missing: {e}") from e
     check_state(state, scaled_spec(SPECS[match[0]], match[1]), match[0], "encoder params")
     return match
+
+
+def _state_shapes(params: Mapping[str, Any], spec: ViTSpec) -> dict[str, Any]:
+    """:func:`params_to_state` as shapes only (nothing copied to the host)."""
+    out = {}
+    for key in official_shapes(spec):
+        path, layout = _flax_path(key)
+        value: Any = params
+        for p in path:
+            value = value[p]
+        shape = _shape(value)
+        if layout == "linear" or (layout == "conv" and len(shape) == 4):
+            shape = shape[::-1] if layout == "linear" else tuple(shape[i] for i in (3, 2, 0, 1))
+        out[key] = types.SimpleNamespace(shape=shape)
+    return out
 
 
 def params_to_state_keys(params: Mapping[str, Any]) -> dict[str, Any]:
