@@ -12,9 +12,9 @@ VGG-16 (``--encoder=vgg16``, the default): torchvision's ``vgg16-397923af.pth`` 
 ImageNet-normalised input) or an existing ``.npz``. ResNet (``--encoder=resnet50|resnet101``):
 torchvision's ``resnet50-*.pth`` / ``resnet101-*.pth``. DINOv2 (``--encoder=dinov2_vit{s,b,l,g}14
 [_reg]``): the official ``dinov2_vit*14*_pretrain.pth`` or a Hugging Face ``model.safetensors``
-(the file must hold that model); the ``.npz`` keeps the official key names. The output is written atomically
-(temporary file + rename, readable like any new file) and an existing one is kept unless
-``--overwrite`` is given. Exit status: 0 on success, 1 if the input is not usable, 2 on a
+(the file must hold that model); the ``.npz`` keeps the official key names. The output is
+written atomically (temporary file + rename, readable like any new file) and an existing one is
+kept unless ``--overwrite`` is given. Exit status: 0 on success, 1 if the input is not usable, 2 on a
 flag error.
 """
 
@@ -66,7 +66,7 @@ def _dinov2():
     name, _, variables = weights.load_dinov2(FLAGS.input, FLAGS.encoder, 1.0)
     spec = dinov2.SPECS[name]
     n = sum(v.size for v in jax.tree.leaves(variables))
-    save = lambda params, path: weights.save_npz(params, spec, path)  # noqa: E731
+    save = lambda params, path: weights.save_npz(params, spec, path)
     return variables["params"], save, f"{weights.describe(name)}, {n:,} values"
 
 

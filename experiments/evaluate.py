@@ -8,7 +8,8 @@ r"""Evaluate a trained PANet on the test classes of a fold (the official 5 x 100
 ``--checkpoint``: a training workdir, its ``checkpoints`` directory, a step directory, or
 weights (a converted ``.npz``; ImageNet ``.pth`` / ``.h5``: the official ``notrain``
 evaluation; DINOv2 ``.pth`` / ``.safetensors`` / ``.npz`` with ``configs/dinov2.py``: training-free
-PANet, the file's model must be ``config.model.encoder``); it is restored onto however many devices this process has. When the checkpoint
+PANet, the file's model must be ``config.model.encoder``); it is restored onto however many
+devices this process has. When the checkpoint
 holds its training config, the model keys (``config.model.*``, except the compute dtype) are
 taken from it (a differing value on the command line is reported as a warning); a different
 dataset / fold / image size than the training run's is also reported. Everything that can be
