@@ -11,7 +11,7 @@ no better, 2000 steps ~56%. The paper recipe (ImageNet VGG-16, 417 px, lr 1e-3, 
 one episode) is ``configs/pascal5i.py``. ``:runlocal`` shrinks everything for tests.
 """
 
-from panet_jax.config_base import apply_arg, base_config, parse_arg
+from panet_jax.config import apply_arg, base_config, parse_arg
 
 
 def get_config(arg: str | None = None):

@@ -34,7 +34,6 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 import tensorflow_datasets as tfds
 
-from panet_jax import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 from panet_jax.data import episodes, official_sampler, preprocess, raw_labels, weak
 from panet_jax.data.builders import BUILDER_OF_DATASET, load_prepared
 from panet_jax.data.official_sampler import OfficialEpisode
@@ -45,6 +44,7 @@ from panet_jax.data.sampler import (  # noqa: F401 (EpisodeConfig etc. are this 
     EpisodeSampler,
     SplitIndex,
 )
+from panet_jax.runtime import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 
 
 def split_index(builder: tfds.core.DatasetBuilder, split: str) -> SplitIndex:
