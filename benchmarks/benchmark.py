@@ -1,8 +1,8 @@
 r"""Time the training step the trainer runs, and the evaluator's forward, optionally beside PyTorch.
 
-    python experiments/benchmark.py --sizes=241,417 --shots=1,5 --kinds=train,eval \
+    python benchmarks/benchmark.py --sizes=241,417 --shots=1,5 --kinds=train,eval \
         --variants=default,xla --compare_pytorch --repeats=3 --out=bench_results/cpu.json
-    python experiments/benchmark.py --sizes=128 --width=0.125 --batch=4 --compare_pytorch  # demo
+    python benchmarks/benchmark.py --sizes=128 --width=0.125 --batch=4 --compare_pytorch  # demo
 
 Per configuration (image size, shots, kind), built from ``config_base.base_config()`` with
 ``--width`` / ``--batch`` / ``--ways`` / ``--queries`` / ``--dtypes``:
@@ -36,7 +36,7 @@ against the theoretical FMA peak (cores x clock x FMA units x lanes x 2, from
 ``/proc/cpuinfo``; the derivation is printed), the peak memory (process RSS on CPU, the
 allocator's peak on accelerators), the time ratios to ``torch`` and, in the JSON, episodes/s,
 MFU and the last loss. Prints a Markdown table; ``--out`` writes JSON atomically.
-``main(argv)`` runs it from Python (``experiments/gpu_check.py``).
+``main(argv)`` runs it from Python (``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ from typing import Any
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.models import registry
+from panet_jax.runtime import xla_options
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["241", "417"], "Square image sides.")
@@ -99,8 +101,8 @@ RESULT_MARKER = "BENCH_RESULT "
 BUILTIN_VARIANTS: dict[str, dict[str, Any] | None] = {
     "default": None,  # panet_jax.runtime.xla_options for the kind
     "xla": {},  # XLA's own defaults
-    "ynn_off": {"xla_cpu_experimental_ynn_fusion_type": ""},
-    "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "ynn_off": {xla_options.YNN_FUSION_TYPE: ""},
+    "ynn_dots": {xla_options.YNN_FUSION_TYPE: xla_options.YNN_DOTS_ONLY},
 }
 TORCH = "torch"
 
@@ -218,7 +220,7 @@ def jax_runner(spec: dict[str, Any], options: dict[str, Any] | None) -> dict[str
         fn = parallel.shard_map_step(steps.make_train_step(config), mesh, compiler_options=options)
         args: list[Any] = [state, batch]
     else:
-        step = steps.make_eval_step(ts.build_model(config), num_classes=20)
+        step = steps.make_eval_step(registry.build_panet(config), num_classes=20)
         out_specs = (P(), P(parallel.BATCH_AXIS))
         fn = parallel.on_batch(step, mesh, 2, out_specs, compiler_options=options)
         valid = parallel.host_batch_to_global({"v": np.ones(episodes, bool)}, mesh)["v"]
@@ -378,7 +380,7 @@ def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def make_row(row: dict[str, Any], runner: dict[str, Any], times: list, flops: float | None):
     """One result row: times, rates, the last loss (train) and the aliases
-    ``experiments/gpu_check.py`` reads (``median_step_s``, ``mfu``, ...)."""
+    ``benchmarks/gpu_check.py`` reads (``median_step_s``, ``mfu``, ...)."""
     wall, cpu = [w for w, _ in times], [c for _, c in times]
     row.update({k: v for k, v in runner.items() if k not in ("run", "losses")})
     median = statistics.median(wall)
@@ -529,23 +531,9 @@ def markdown_table(rows: list[dict[str, Any]], peak: float | None) -> str:
 
 
 def versions() -> dict[str, str | None]:
-    import flax
-    import jax
-    import jaxlib
+    from panet_jax.runtime.provenance import package_versions
 
-    out: dict[str, str | None] = {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        out["torch"] = None
-    return out
+    return package_versions(("torch",))
 
 
 def device_info(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -600,7 +588,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Programmatic entry (``experiments/gpu_check.py``): parse the flags in ``argv``, run,
+    """Programmatic entry (``benchmarks/gpu_check.py``): parse the flags in ``argv``, run,
     return the exit status (1 if a configuration failed)."""
     FLAGS([os.path.basename(__file__), *argv])
     rows = benchmark()

@@ -1,6 +1,6 @@
 r"""Time each VGG-16 convolution's three passes in JAX and in PyTorch, alternating.
 
-    python experiments/benchmark_convs.py --size=241 --batch=2 --out=bench_results/convs.json
+    python benchmarks/benchmark_convs.py --size=241 --batch=2 --out=bench_results/convs.json
 
 Per layer of the official encoder (``panet_jax.models.vgg.VGG16_LAYERS``) at the spatial size
 it sees for ``--size`` input images (``--batch`` of them: 2 = one 1-way 1-shot episode):
@@ -16,7 +16,7 @@ the official code runs). JAX programs use the train step's per-executable option
 (:mod:`panet_jax.runtime.xla_options`). Every op runs once untimed, then ``--repeats`` rounds of all
 ops in turn; the table gives medians in milliseconds, the totals and the JAX / PyTorch ratio.
 It shows where a training step's convolution time goes, which the whole-step benchmark
-(``experiments/benchmark.py``) cannot. ``--out`` writes JSON atomically.
+(``benchmarks/benchmark.py``) cannot. ``--out`` writes JSON atomically.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 r"""Throughput of the episode pipeline (episodes/s), 1-shot and 5-shot, at 417x417.
 
-    python experiments/benchmark_data.py --data_dir=/tmp/tfds --out=bench_results/data.json
-    python experiments/benchmark_data.py --data_dir=/tmp/tfds --voc_data_dir=~/tensorflow_datasets
+    python benchmarks/benchmark_data.py --data_dir=/tmp/tfds --out=bench_results/data.json
+    python benchmarks/benchmark_data.py --data_dir=/tmp/tfds --voc_data_dir=~/tensorflow_datasets
 
 Runs on the synthetic set (``synthetic_fss``, prepared into ``--data_dir`` first if missing)
 and, when ``--voc_data_dir`` holds a prepared ``pascal_voc_aug``, on VOC. For each setting:

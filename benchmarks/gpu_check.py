@@ -1,21 +1,21 @@
 r"""One-shot GPU check: numerics tests, train-step speed and MFU, input pipeline, 300 steps.
 
-    python experiments/gpu_check.py --out=gpu_check.json
-    python experiments/gpu_check.py --allow_cpu --out=/tmp/gpu_check_smoke.json   # smoke run
+    python benchmarks/gpu_check.py --out=gpu_check.json
+    python benchmarks/gpu_check.py --allow_cpu --out=/tmp/gpu_check_smoke.json   # smoke run
 
 For whoever holds a GPU (one H100 / H200: an estimated 5-7 minutes). Four parts, run in
 subprocesses (the benchmark's: one per configuration), then one table and one JSON:
 
-(a) ``tests``: the numerics-sensitive tests (``tests/test_ops.py tests/test_model.py
-    tests/test_torch_reference.py``, and the max-pool / convolution gradients of
-    ``tests/test_pooling.py tests/test_convolution.py``) with JAX on the GPU. Their float32
-    tolerances are derived from float32 rounding, so they run with
+(a) ``tests``: the numerics-sensitive tests (``tests/test_ops.py``, ``tests/test_model.py``,
+    ``tests/testing/test_torch_reference.py``, and the max-pool / convolution gradients of
+    ``tests/models/test_pooling.py``, ``tests/models/test_convolution.py``) with JAX on the
+    GPU. Their float32 tolerances are derived from float32 rounding, so they run with
     ``JAX_DEFAULT_MATMUL_PRECISION=highest`` (no TF32 convs, which round to 10 mantissa bits).
-(b) ``train_step``: ``experiments/benchmark.py`` at 417x417, 1- and 5-shot, float32 and
+(b) ``train_step``: ``benchmarks/benchmark.py`` at 417x417, 1- and 5-shot, float32 and
     bfloat16, full VGG-16: median step time, episodes/s and MFU = XLA's FLOPs / step time / the
     rate of a dense matmul of the same dtype measured in the same process (for float32 at JAX's
     default precision that matmul, like the convs, may use TF32).
-(c) ``pipeline``: ``experiments/benchmark_data.py`` on the synthetic set at 417x417 (generated
+(c) ``pipeline``: ``benchmarks/benchmark_data.py`` on the synthetic set at 417x417 (generated
     into ``--data_dir`` if missing): episodes/s per shot against what the fastest train step
     of (b) consumes.
 (d) ``training``: ``experiments/train.py`` on ``configs/synthetic.py`` for 300 steps without the
@@ -42,14 +42,14 @@ from typing import Any
 
 from absl import flags
 
-from panet_jax import cli
+from panet_jax import cli, files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 NUMERICS_TESTS = (
-    "tests/test_ops.py", "tests/test_model.py", "tests/test_torch_reference.py",
-    "tests/test_pooling.py", "tests/test_convolution.py",
+    "tests/test_ops.py", "tests/test_model.py", "tests/testing/test_torch_reference.py",
+    "tests/models/test_pooling.py", "tests/models/test_convolution.py",
 )  # fmt: skip
 # Full-size settings (GPU) and tiny ones (--allow_cpu smoke run on a CPU).
 FULL = {
@@ -73,6 +73,7 @@ SMOKE = {
 }  # fmt: skip
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "gpu_check.json", "JSON report path.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 flags.DEFINE_string("workdir", "", "Scratch folder (default: a temporary one).")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir for the synthetic set.")
 flags.DEFINE_bool("allow_cpu", False, "Run on a CPU at tiny sizes (smoke test of this script).")
@@ -121,7 +122,7 @@ def part_tests(sizes: dict, env: dict[str, str], args: Any) -> dict[str, Any]:
 
 
 def part_train_step(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
-    """(b) experiments/benchmark.py (each configuration in its own subprocess)."""
+    """(b) benchmarks/benchmark.py (each configuration in its own subprocess)."""
     out = os.path.join(args.workdir, "train_step.json")
     cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), *sizes["bench"], f"--out={out}"]
     t0 = time.perf_counter()
@@ -145,7 +146,7 @@ def part_train_step(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
 
 
 def part_pipeline(sizes: dict, env: dict, args: Any, need: dict) -> dict:
-    """(c) experiments/benchmark_data.py on the synthetic set; ``need``: episodes/s the
+    """(c) benchmarks/benchmark_data.py on the synthetic set; ``need``: episodes/s the
     fastest train step consumes, per shot."""
     out = os.path.join(args.workdir, "pipeline.json")
     cmd = [sys.executable, os.path.join(HERE, "benchmark_data.py"), f"--data_dir={args.data_dir}",
@@ -221,14 +222,6 @@ def summary_table(results: dict[str, Any], device: str) -> str:
     return "\n".join(rows)
 
 
-def _write_json(path: str, payload: dict) -> None:
-    """``payload`` as JSON at ``path`` (a temporary file renamed into place; the folder is
-    created)."""
-    from panet_jax import files
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    files.atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=True)
-
 
 def _settings(backend: str, stack: contextlib.ExitStack) -> tuple[Any, dict[str, str]]:
     """The flags as one namespace (a temporary workdir when none is given) and the parts'
@@ -272,21 +265,17 @@ def run_parts(sizes: dict, parts: list[str], backend: str) -> dict[str, Any]:
 
 
 def _payload(results: dict[str, Any], table: str, seconds: float) -> dict[str, Any]:
-    import flax
     import jax
-    import optax
+
+    from panet_jax.runtime.provenance import provenance
 
     return {
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        **provenance(),
         "device": {
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "devices": jax.device_count(), "host": platform.platform(), "cpus": os.cpu_count(),
         },
         "smoke_run": jax.default_backend() != "gpu",
-        "versions": {
-            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "python": platform.python_version(),
-        },
         "seconds": seconds, "results": results, "table": table,
     }  # fmt: skip
 
@@ -295,9 +284,8 @@ def main(argv: list[str]) -> None:
     # This process only looks at the device; the parts run in subprocesses that need its memory.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    unknown = [p for p in FLAGS.parts if p not in PARTS]
-    if unknown:
-        raise cli.FlagError(f"--parts: unknown {unknown}; expected some of {', '.join(PARTS)}")
+    cli.require_choices("--parts", FLAGS.parts, tuple(PARTS))
+    files.check_new_output(FLAGS.out, FLAGS.overwrite, "--out")
     import jax
 
     backend = jax.default_backend()
@@ -311,10 +299,11 @@ def main(argv: list[str]) -> None:
     total = time.perf_counter() - t0
     table = summary_table(results, jax.devices()[0].device_kind)
     print("\n" + table + f"\n\ntotal {total:.0f} s")
-    _write_json(FLAGS.out, _payload(results, table, total))
+    files.write_json(FLAGS.out, _payload(results, table, total), overwrite=FLAGS.overwrite)
     print(f"wrote {FLAGS.out}")
-    if not all(r.get("ok") for r in results.values()):
-        raise RuntimeError("some parts failed (see the table)")
+    failed = [name for name, r in results.items() if not r.get("ok")]
+    if failed:
+        raise cli.CommandFailed(f"parts failed: {', '.join(failed)} (see the table above)")
 
 
 if __name__ == "__main__":

@@ -44,17 +44,18 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 def main(argv: list[str]) -> None:
 
+    from panet_jax import config as config_lib
     from panet_jax.data import input_pipeline
     from panet_jax.evaluation import evaluator
     from panet_jax.inference import loading
     from panet_jax.runtime import parallel
 
     config, path = FLAGS.config, FLAGS.checkpoint
-    evaluator.validate_config(config)
+    config_lib.validate(config, train=False, evaluate=True)
     parallel.initialize_distributed(config)
     for line in loading.adopt_run_model_config(config, path):
         logging.warning(line)
-    evaluator.validate_config(config)  # the adopted model keys too
+    config_lib.validate(config, train=False, evaluate=True)  # the adopted model keys too
     input_pipeline.ensure_dataset(config)  # clear error (or auto_prepare) before restoring weights
     evaluator.check_episodes(config)  # official lists, class sizes: before restoring too
     variables = loading.load_variables(path, step=FLAGS.step)

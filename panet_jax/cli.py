@@ -20,10 +20,16 @@ from absl import logging as absl_logging
 
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of an error (for bug reports).")
 
+
+
+class CommandFailed(Exception):
+    """A command that ran but whose outcome is a failure (its message says which part)."""
+
+
 # ValueError: bad input / config; OSError: files, disk, permissions (FileNotFoundError,
 # FileExistsError, PermissionError...); FloatingPointError: a diverged run; ImportError: an
-# optional dependency that is not installed.
-EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+# optional dependency that is not installed; CommandFailed: a check that failed.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, CommandFailed)
 MAX_LINES = 6  # a message that lists several items (keys, files) may take a few lines
 
 
@@ -31,6 +37,20 @@ class FlagError(ValueError):
     """A flag value that cannot work (checked before any work): exit status 2."""
 
     exit_code = 2
+
+
+def require_choices(
+    flag: str, values: list[str] | None, accepted: tuple[str, ...] | None, example: str = ""
+) -> None:
+    """:class:`FlagError` for an empty list of things to do, or one naming an unknown item
+    (``accepted=None``: any non-empty item is fine)."""
+    items = [v.strip() for v in values or [] if v.strip()]
+    expected = f"one or more of {', '.join(accepted)}" if accepted else f"a list ({example})"
+    if not items:
+        raise FlagError(f"{flag} is empty: nothing to do; expected {expected}")
+    unknown = [v for v in items if accepted and v not in accepted]
+    if unknown:
+        raise FlagError(f"{flag}: unknown {', '.join(map(repr, unknown))}; expected {expected}")
 
 
 def verbose() -> bool:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from panet_jax.models.names import ENCODERS, frozen_layers
+
 # Keys accepted in the ``--config=configs/x.py:<arg>`` suffix and where they go.
 ARG_KEYS = {
     "fold": ("data", "fold", int),
@@ -186,7 +188,6 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
 # Validation: every key, one place, before any device or file work.
 # --------------------------------------------------------------------------------------------
 
-ENCODERS = ("vgg16", "resnet50", "resnet101")
 DTYPES = ("float32", "bfloat16", "float64")
 PARALLEL_IMPLS = ("shard_map", "pmap")
 MIN_IMAGE_SIDE = 16  # three stride-2 pools leave 2 x 2 features
@@ -264,10 +265,8 @@ def _check_frozen(c: _Checker, config: ml_collections.ConfigDict) -> None:
     if not isinstance(m.frozen, str):
         c.require("model.frozen", False, "a string: '', 'all' or a comma list of layers")
     elif m.encoder in ENCODERS:
-        from panet_jax.models import registry
-
         try:
-            registry.frozen_layers(m.encoder, m.frozen)
+            frozen_layers(m.encoder, m.frozen)
         except ValueError as e:
             c.errors.append(str(e))
 

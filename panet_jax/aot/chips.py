@@ -90,11 +90,11 @@ def matmul_passes(compute_dtype: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class AOTError(Exception):
+class AOTError(ValueError):
     """An expected failure of ahead-of-time compilation (message says what to do)."""
 
 
-class TPUUnavailableError(AOTError):
+class TPUUnavailableError(AOTError, ImportError):
     """libtpu is not installed (or cannot be loaded)."""
 
 

@@ -13,7 +13,7 @@ would be on the pod:
   :func:`panet_jax.runtime.parallel.pmap_step` over all the slice's chips (a multi-host pmap
   compiles one SPMD program for the global device set; every host feeds its own rows). If libtpu
   refuses it, the report says so and why;
-* ``eval``: :func:`panet_jax.evaluation.evaluator.make_eval_step` (the evaluator always runs
+* ``eval``: :func:`panet_jax.evaluation.evaluator.make_sharded_eval_step` (the evaluator always runs
   ``jit(shard_map)``; it has no pmap form), ``chips * eval.per_device_batch`` episodes a step.
 
 Each :class:`StepReport` holds, per chip, what XLA's TPU compiler allocates
@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from panet_jax import config as config_lib
 from panet_jax.aot.chips import (
     TPU_CHIPS,
     GiB,
@@ -49,15 +50,17 @@ from panet_jax.aot.chips import (
     tpu_devices,
 )
 from panet_jax.aot.flops import vgg_conv_flops
-from panet_jax.config import validate as validate_config
 from panet_jax.data.folds import NUM_CLASSES
 from panet_jax.data.spec import episode_spec
-from panet_jax.evaluation.evaluator import make_eval_step  # jit(shard_map(eval step)) on a mesh
+from panet_jax.evaluation.evaluator import (
+    make_sharded_eval_step,  # jit(shard_map(eval step)) on a mesh
+)
+from panet_jax.models import registry
 from panet_jax.runtime.parallel import BATCH_AXIS, make_mesh, pmap_step, shard_map_step
 
 # What the trainer and the evaluator run (keep in step with them):
 from panet_jax.train.checkpointing import abstract_state_on  # the replicated train state
-from panet_jax.train.state import abstract_train_state, build_model
+from panet_jax.train.state import abstract_train_state
 from panet_jax.train.steps import make_train_step  # the per-device train step
 
 STEPS = ("train", "eval")
@@ -227,7 +230,8 @@ def _lowerable(
     variables = abstract_state_on(config, mesh).variables()
     batch = abstract_batch(config, (chips * pdb,), rows)
     valid = jax.ShapeDtypeStruct((chips * pdb,), jnp.bool_, sharding=rows)
-    fn = make_eval_step(build_model(config), mesh, NUM_CLASSES[config.data.dataset])
+    model = registry.build_panet(config)
+    fn = make_sharded_eval_step(model, mesh, NUM_CLASSES[config.data.dataset])
     args = _tree_bytes(variables) + (_tree_bytes(batch) + chips * pdb) // chips
     return (lambda: fn.lower(variables, batch, valid)), args, 0
 
@@ -379,12 +383,12 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def validate(config: ml_collections.ConfigDict, steps: Sequence[str]) -> None:
+def check_compilable(config: ml_collections.ConfigDict, steps: Sequence[str]) -> None:
     """The trainer's / evaluator's static config checks (``ValueError`` naming the key); the
     ImageNet weights file is not needed to compile, so it is not looked for."""
     cfg = copy.deepcopy(config)
     cfg.model.pretrained = ""
-    validate_config(cfg, train="train" in steps, evaluate="eval" in steps)
+    config_lib.validate(cfg, train="train" in steps, evaluate="eval" in steps)
 
 
 def compile_for_topology(
@@ -414,7 +418,7 @@ def compile_for_topology(
     bad = [s for s in steps if s not in STEPS] + [i for i in impls if i not in IMPLS]
     if bad:
         raise ValueError(f"unknown steps/impls {bad}; expected steps {STEPS}, impls {IMPLS}")
-    validate(config, steps)
+    check_compilable(config, steps)
     devices = tpu_devices(topology, num_slices=num_slices)
     name = topology if num_slices == 1 else f"{topology} x{num_slices}"
     reports = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from panet_jax.models.convolution import same_padding
 from panet_jax.models.vgg import layer_shapes
 
 # --------------------------------------------------------------------------------------------
@@ -12,19 +13,23 @@ from panet_jax.models.vgg import layer_shapes
 # --------------------------------------------------------------------------------------------
 
 
-def _valid_taps(size: int, kernel: int, dilation: int, pad: int) -> tuple[int, int]:
+def _valid_taps(size: int, kernel: int, dilation: int) -> tuple[int, int]:
     """``(output size, (output, tap) pairs reading a real input pixel)`` along one axis of a
-    stride-1 conv: padding taps multiply zeros, and XLA's cost analysis does not count them."""
-    out = size + 2 * pad - dilation * (kernel - 1)
-    taps = sum(1 for o in range(out) for k in range(kernel) if 0 <= o + k * dilation - pad < size)
+    stride-1 'same' conv: padding taps multiply zeros, and XLA's cost analysis does not count
+    them."""
+    before, after = same_padding(kernel, dilation)
+    out = size + before + after - dilation * (kernel - 1)
+    taps = sum(
+        1 for o in range(out) for k in range(kernel) if 0 <= o + k * dilation - before < size
+    )
     return out, taps
 
 
 def conv_flops(height: int, width: int, c_in: int, c_out: int, dilation: int = 1) -> int:
     """FLOPs (2 per multiply-add) of one 3x3 'same' conv (padding = dilation) on one
     ``[height, width, c_in]`` image, counting only taps on real pixels (as XLA does)."""
-    _, th = _valid_taps(height, 3, dilation, dilation)
-    _, tw = _valid_taps(width, 3, dilation, dilation)
+    _, th = _valid_taps(height, 3, dilation)
+    _, tw = _valid_taps(width, 3, dilation)
     return 2 * th * tw * c_in * c_out
 
 

@@ -52,13 +52,9 @@ from panet_jax.data.spec import EPISODE_KEYS, zeros_episode
 from panet_jax.evaluation import metrics, original_size, overlays, reports
 from panet_jax.evaluation.reports import EPISODE_LIST, read_episode_list  # noqa: F401 (public names)
 from panet_jax.inference import loading
+from panet_jax.models import registry
 from panet_jax.runtime import parallel
 from panet_jax.train import steps
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """:func:`panet_jax.config.validate` of an evaluation."""
-    config_lib.validate(config, train=False, evaluate=True)
 
 
 def sampler_name(config: ml_collections.ConfigDict) -> str:
@@ -69,7 +65,9 @@ def sampler_name(config: ml_collections.ConfigDict) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_step(model: Any, mesh: Mesh, num_classes: int, original_size: bool = False) -> Any:
+def make_sharded_eval_step(
+    model: Any, mesh: Mesh, num_classes: int, original_size: bool = False
+) -> Any:
     """``jit(shard_map(eval_step))`` of :func:`panet_jax.train.steps.make_eval_step`:
     ``(replicated variables, 'batch'-sharded episodes [G, ...], valid [G]) -> (replicated
     counts, 'batch'-sharded predictions [G, Q, H, W])``; with ``original_size`` the first
@@ -173,7 +171,7 @@ class _Evaluation:
     @functools.cached_property
     def step(self) -> Any:
         num_classes = folds.NUM_CLASSES[self.config.data.dataset]
-        return make_eval_step(loading.build_model(self.config), self.mesh, num_classes,
+        return make_sharded_eval_step(registry.build_panet(self.config), self.mesh, num_classes,
                               _original_size(self.config))  # fmt: skip
 
     def scorer(self, sampler: Any, builder: Any) -> original_size.Scorer | None:
@@ -324,7 +322,7 @@ def evaluate(
       ``per_class`` (``{class id: {...}}``), ``runs`` (per-run scores), ``settings``,
       ``seconds``, ``episodes_per_s``, ``output_dir`` (``None`` without ``workdir``).
     """
-    validate_config(config)
+    config_lib.validate(config, train=False, evaluate=True)
     e, is_main = config.eval, jax.process_index() == 0
     sampler, builder = run_sampler(config, int(e.seed))  # opens the data: errors come first
     test_classes = sorted(int(c) for c in sampler.pool)

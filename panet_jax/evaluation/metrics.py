@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = 255
+from panet_jax.data.spec import IGNORE_LABEL
 
 Array = jax.Array
 

@@ -25,7 +25,6 @@ from panet_jax.evaluation import metrics
 
 CountsTriple = dict[str, metrics.Counts]  # 'official' | 'strict' | 'background'
 EPISODE_LIST = "episodes.jsonl"  # the audit trail: one line per episode with its image ids
-RESULT_FILES = ("results.json", "results.md", EPISODE_LIST)
 
 
 def class_names(dataset: str, metadata: Mapping[str, Any] | None = None) -> dict[int, str]:

@@ -121,13 +121,6 @@ def load_variables(
     return state.variables()
 
 
-def build_model(config: ml_collections.ConfigDict) -> PANet:
-    """The PANet of ``config.model`` (encoder, width, dtype, scale)."""
-    from panet_jax.train import state as train_state
-
-    return train_state.build_model(config)
-
-
 def load_model(
     source: str | os.PathLike | None = None,
     *,
@@ -168,7 +161,7 @@ def load_model(
             variables = state.variables()
     if dtype is not None:
         config.model.dtype = dtype
-    model = build_model(config)
+    model = registry.build_panet(config)
     if config.model.dtype == "float64":
         variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
     return model, variables

@@ -27,14 +27,13 @@ import jax
 import numpy as np
 
 from panet_jax import ops
+from panet_jax.config import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from panet_jax.data import preprocess
 from panet_jax.inference.user_images import ImageInput, PathLike, describe, load_image, load_mask
 from panet_jax.model import PANet
 
 MAX_SUPPORTS = 5
 DEFAULT_IMAGE_SIZE = (417, 417)  # the official input size, for weights without a run config
-MIN_IMAGE_SIDE = 16  # three stride-2 pools leave 2 x 2 features
-MAX_IMAGE_SIDE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +216,7 @@ def _model_and_params(
         )
     cast = np.float64 if settings.dtype == "float64" else None
     encoder = jax.tree.map(lambda x: np.asarray(x, cast), encoder)  # host copy, any layout
-    return loading.build_model(config), encoder
+    return registry.build_panet(config), encoder
 
 
 def predict(

@@ -16,14 +16,29 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from panet_jax.config import ENCODERS
-from panet_jax.models.resnet import STAGES, STEM_CHANNELS, ResNetEncoder
-from panet_jax.models.vgg import VGG16_LAYERS, VGG16Encoder
+from panet_jax.config import DTYPES
+from panet_jax.model import PANet
+from panet_jax.models.names import (
+    ENCODERS,
+    RESNET_DEPTHS,
+)
+from panet_jax.models.resnet import STEM_CHANNELS, ResNetEncoder
+from panet_jax.models.vgg import VGG16Encoder
 
-RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
-RESNET_TOP_LEVEL = ("conv1", "bn1", *(stage for stage, *_ in STAGES))
+
+def build_panet(config: ml_collections.ConfigDict) -> PANet:
+    """``PANet(encoder, scale)`` of ``config.model`` (encoder, width, dtype, scale)."""
+    m = config.model
+    if m.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {list(DTYPES)}")
+    # Parameters stay float32 under bfloat16 compute; float64 (exactness checks) is all x64.
+    dtype, param_dtype = jnp.dtype(m.dtype), jnp.float64 if m.dtype == "float64" else jnp.float32
+    encoder = build_encoder(m.encoder, m.width, dtype, param_dtype)
+    return PANet(encoder=encoder, scale=m.scale)
 
 
 def build_encoder(name: str, width: float, dtype: Any, param_dtype: Any) -> nn.Module:
@@ -37,27 +52,6 @@ def build_encoder(name: str, width: float, dtype: Any, param_dtype: Any) -> nn.M
     raise ValueError(f"config.model.encoder={name!r}; expected one of {list(ENCODERS)}")
 
 
-def layer_names(name: str) -> tuple[str, ...]:
-    """Top-level parameter groups of encoder ``name`` (what ``config.model.frozen`` names)."""
-    if name == "vgg16":
-        return tuple(layer for layer, _, _ in VGG16_LAYERS)
-    return RESNET_TOP_LEVEL
-
-
-def frozen_layers(name: str, frozen: str) -> tuple[str, ...]:
-    """The layers ``config.model.frozen`` names: ``''`` none, ``'all'`` every one, or a
-    comma-separated list of :func:`layer_names`; ``ValueError`` naming the key otherwise."""
-    names = layer_names(name)
-    if frozen.strip() == "all":
-        return names
-    chosen = tuple(v.strip() for v in frozen.split(",") if v.strip())
-    unknown = [v for v in chosen if v not in names]
-    if unknown:
-        raise ValueError(
-            f"config.model.frozen={frozen!r}: {unknown} are not layers of {name}; expected "
-            f"'', 'all' or a comma-separated list of {', '.join(names)}"
-        )
-    return chosen
 
 
 def identify(encoder_variables: Mapping[str, Any]) -> tuple[str, float]:

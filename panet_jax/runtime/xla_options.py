@@ -8,7 +8,7 @@ the time of XLA's defaults on a 2-core AVX-512 EPYC (the larger the images and t
 the larger the gain). The evaluator's full-width forward is as fast (1-shot) or 3-13% faster
 (5-shot) without them, so ``'eval'`` turns them off too (a 1/8-width forward is ~25% faster
 *with* them, but takes milliseconds). ``'predict'`` (one image at a time, like a 1-shot
-forward: no measured gain) keeps XLA's defaults (``experiments/benchmark.py``; README,
+forward: no measured gain) keeps XLA's defaults (``benchmarks/benchmark.py``; README,
 "Figures measured so far").
 
 The options are passed per executable (``jax.jit(..., compiler_options=...)`` or

@@ -11,16 +11,9 @@ import ml_collections
 from flax import struct
 from flax.training import train_state
 
-from panet_jax.model import PANet
-from panet_jax.models import registry
+from panet_jax.models import names, registry
 from panet_jax.train import optim
 
-# Compute dtype -> (compute, param) dtypes. float64 is for exactness checks (needs x64).
-_DTYPES = {
-    "float32": (jnp.float32, jnp.float32),
-    "bfloat16": (jnp.bfloat16, jnp.float32),
-    "float64": (jnp.float64, jnp.float64),
-}
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -39,19 +32,9 @@ class TrainState(train_state.TrainState):
         return {"params": params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
 
-def build_model(config: ml_collections.ConfigDict) -> PANet:
-    """``PANet(encoder, scale)`` of ``config.model`` (encoder, width, dtype, scale)."""
-    m = config.model
-    if m.dtype not in _DTYPES:
-        raise ValueError(f"config.model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
-    dtype, param_dtype = _DTYPES[m.dtype]
-    encoder = registry.build_encoder(m.encoder, m.width, dtype, param_dtype)
-    return PANet(encoder=encoder, scale=m.scale)
-
-
 def _state_from_variables(config: ml_collections.ConfigDict, variables: Any) -> TrainState:
-    model = build_model(config)
-    frozen = registry.frozen_layers(config.model.encoder, config.model.frozen)
+    model = registry.build_panet(config)
+    frozen = names.frozen_layers(config.model.encoder, config.model.frozen)
     tx = optim.make_optimizer(config.optim, frozen)
     return TrainState.create(
         apply_fn=model.apply,
@@ -63,7 +46,8 @@ def _state_from_variables(config: ml_collections.ConfigDict, variables: Any) -> 
 
 def _random_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
     d = config.data
-    variables = build_model(config).init_params(rng, tuple(d.image_size), d.n_ways, d.n_shots)
+    model = registry.build_panet(config)
+    variables = model.init_params(rng, tuple(d.image_size), d.n_ways, d.n_shots)
     return _state_from_variables(config, variables)
 
 

@@ -50,11 +50,6 @@ from panet_jax.train.summaries import (
 log = logging.getLogger(__name__)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """:func:`panet_jax.config.validate` of a training run (and its ``eval_after``)."""
-    config_lib.validate(config, train=True, evaluate=False)
-
-
 @contextlib.contextmanager
 def closing(resource: Any, what: str) -> Iterator[Any]:
     """``resource.close()`` on exit; if an error is already ending the run, a failure to close
@@ -203,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[ts.TrainStat
     preemption); the final state is checkpointed. Returns ``(state, metrics)``: the state
     replicated on all devices; metrics are those of the last log window (losses averaged, lr
     of its last step) plus ``step`` and ``preempted``."""
-    validate_config(config)
+    config_lib.validate(config, train=True, evaluate=False)
     input_pipeline.ensure_dataset(config)
     parallel.initialize_distributed(config)
     workdir = os.path.abspath(workdir)

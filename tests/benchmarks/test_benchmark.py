@@ -1,4 +1,4 @@
-"""experiments/benchmark.py's theoretical FMA peak, on hand-computed /proc/cpuinfo cases."""
+"""benchmarks/benchmark.py's theoretical FMA peak, on hand-computed /proc/cpuinfo cases."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from panet_jax.data.pipeline import (  # noqa: E402
     EpisodeConfig,
     episode_dataset,
     make_sampler,
-    resize_image,
     resize_label,
+    tf_resize_image,
 )
 
 tfds.display_progress_bar(False)
@@ -204,7 +204,7 @@ def test_resize_matches_pil():
     for (h, w), (oh, ow) in sizes:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         pil = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR), float)
-        ours = resize_image(tf.constant(image), (oh, ow)).numpy()
+        ours = tf_resize_image(tf.constant(image), (oh, ow)).numpy()
         assert np.abs(ours - pil).max() <= 1.0 and np.abs(ours - pil).mean() < 0.3
         label = rng.integers(0, 21, (h, w), dtype=np.uint8)
         pil_label = np.asarray(Image.fromarray(label).resize((ow, oh), Image.NEAREST))

@@ -23,7 +23,7 @@ from paths import REPO
 from panet_jax.data import builders
 from panet_jax.evaluation import evaluator
 from panet_jax.inference import loading
-from panet_jax.train import state as train_state
+from panet_jax.models import registry
 from panet_jax.train import trainer
 
 EPISODES = 5
@@ -101,7 +101,7 @@ def test_evaluate_twice_same_numbers_and_reports(setup):
 
 def _reference_run(config, variables, seed: int) -> tuple[float, float]:
     """mIoU / FB-IoU of one run recomputed with plain NumPy, one episode at a time."""
-    apply = jax.jit(train_state.build_model(config).apply)
+    apply = jax.jit(registry.build_panet(config).apply)
     layout = evaluator.Layout(config.eval.episodes, 1, 1)
     tp, fp, fn = (np.zeros(21) for _ in range(3))
     sampler, builder = evaluator.run_sampler(config, seed)

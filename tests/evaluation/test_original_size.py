@@ -24,10 +24,11 @@ from paths import REPO
 
 from panet_jax import config as config_lib
 from panet_jax import ops
-from panet_jax.data import builders, preprocess
+from panet_jax.data import builders
 from panet_jax.data.pipeline import EpisodeConfig, EpisodeSampler, make_sampler, split_index
 from panet_jax.data.raw_labels import object_pixels
 from panet_jax.evaluation import evaluator, metrics, original_size
+from panet_jax.models import preprocess, registry
 from panet_jax.train import state as train_state
 
 
@@ -289,7 +290,7 @@ def _official_miou_by_torch(config, variables, tree) -> float:
     (bilinear, ``align_corners=False``) to the fixture's raw mask size (20x24), binarised at
     128 as written, official counts."""
     torch = pytest.importorskip("torch")
-    apply = jax.jit(train_state.build_model(config).apply)
+    apply = jax.jit(registry.build_panet(config).apply)
     sampler, builder = evaluator.run_sampler(config, int(config.eval.seed))
     layout = evaluator.Layout(29, 1, 1)
     tp, fp, fn = (np.zeros(13) for _ in range(3))

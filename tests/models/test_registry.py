@@ -15,7 +15,7 @@ import train_helpers as h
 from panet_jax import config as config_lib
 from panet_jax.data import builders, input_pipeline
 from panet_jax.inference import loading, predictor
-from panet_jax.models import registry
+from panet_jax.models import names
 from panet_jax.train import state as ts
 from panet_jax.train import steps
 
@@ -56,7 +56,7 @@ def test_a_small_resnet_learns_and_keeps_its_batch_norm_statistics(data_dir, fix
     config_lib.validate(c, train=True, evaluate=True)
     first, state, losses = _train(c, fixed_batch, 10)
     assert losses[-1] < 0.8 * losses[0], losses
-    assert set(state.batch_stats["encoder"]) == set(registry.RESNET_TOP_LEVEL) - {"conv1"}
+    assert set(state.batch_stats["encoder"]) == set(names.RESNET_TOP_LEVEL) - {"conv1"}
     # Frozen statistics: every mean / var is bit-identical after training.
     before, after = _leaves(first.batch_stats), _leaves(state.batch_stats)
     assert before.keys() == after.keys() and all(
@@ -80,7 +80,7 @@ def test_frozen_layers_stay_bit_identical_while_the_loss_falls(
     first, state, losses = _train(c, fixed_batch, 12)
     assert losses[-1] < 0.8 * losses[0], losses
     names = set(frozen.split(","))
-    for layer in registry.layer_names(encoder):
+    for layer in names.layer_names(encoder):
         same = jax.tree.map(
             np.array_equal, first.params["encoder"][layer], state.params["encoder"][layer]
         )
@@ -108,7 +108,7 @@ def test_bad_frozen_values_are_refused_naming_the_key(frozen, train, match):
 def test_frozen_all_still_evaluates():
     c = h.tiny_config(model__encoder="resnet50", model__frozen="all")
     config_lib.validate(c, train=False, evaluate=True)
-    assert registry.frozen_layers("resnet50", "all") == registry.RESNET_TOP_LEVEL
+    assert names.frozen_layers("resnet50", "all") == names.RESNET_TOP_LEVEL
 
 
 def test_imagenet_resnet_weights_are_imported_by_create_train_state(tmp_path):

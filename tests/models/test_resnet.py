@@ -260,10 +260,10 @@ def test_npz_round_trip_is_bit_identical(tmp_path):
         assert a.dtype == b.dtype == np.float32
         np.testing.assert_array_equal(a, b)
     with pytest.raises(
-        rw.ResNetWeightsError, match=r"holds ResNet-50 variables, expected ResNet-101"
+        rw.PretrainedWeightsError, match=r"holds ResNet-50 variables, expected ResNet-101"
     ):
         rw.load_npz(path, 101, width=SMALL)
-    with pytest.raises(rw.ResNetWeightsError, match=r"width=1 expects \(7, 7, 3, 64\)"):
+    with pytest.raises(rw.PretrainedWeightsError, match=r"width=1 expects \(7, 7, 3, 64\)"):
         rw.load_npz(path)
 
 
@@ -332,7 +332,7 @@ def test_weight_file_errors(tmp_path, case, load_depth, load_width, expected):
         torch.save(torch.zeros(3), path)
     else:
         torch.save(torch_state(50, 1 / 8)[1], path)
-    with pytest.raises(rw.ResNetWeightsError) as e:
+    with pytest.raises(rw.PretrainedWeightsError) as e:
         rw.load_pretrained_resnet(path, load_depth, width=load_width)
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg, msg
@@ -348,7 +348,7 @@ def test_full_width_state_dict_at_small_width_says_so():
 
     with torch.device("meta"):
         sd = ref.ResNet(50, 1.0).state_dict()
-    with pytest.raises(rw.ResNetWeightsError, match=r"a full-width file: use width=1.0"):
+    with pytest.raises(rw.PretrainedWeightsError, match=r"a full-width file: use width=1.0"):
         rw.torchvision_state_to_variables(sd, depth=50, width=SMALL, source="resnet50.pth")
 
 

@@ -18,7 +18,7 @@ All readers return the encoder's Flax *variables* (float32 numpy)::
   :func:`load_npz`, to run without torch.
 
 Every reader checks the file against the architecture (:func:`torchvision_layout`) and raises
-:class:`ResNetWeightsError` (a :class:`panet_jax.models.weights.vgg.PretrainedWeightsError`) naming
+:class:`~panet_jax.models.weights.reader.PretrainedWeightsError` naming
 the file and what is wrong: not a state dict, a VGG or ResNet-18/34 file, the other depth, a
 shape that belongs to another width, an unreadable (truncated) file.
 """
@@ -42,7 +42,14 @@ from panet_jax.models.resnet import (
     scaled_channels,
     stage_planes,
 )
-from panet_jax.models.weights.vgg import PretrainedWeightsError, read_npz, read_torch_state_dict
+from panet_jax.models.weights.reader import (
+    PretrainedWeightsError,
+    check_file,
+    read_npz,
+    read_torch_state_dict,
+    save_flat_npz,
+    to_numpy,
+)
 
 Variables = dict[str, Any]  # {'params': nested dict, 'batch_stats': nested dict}
 COLLECTIONS = ("params", "batch_stats")
@@ -57,13 +64,6 @@ DROPPED = re.compile(r"(fc\.|layer4\.).*|.*\.num_batches_tracked")
 _BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias")}
 _BN_STATS = {"running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 
-
-class ResNetWeightsError(PretrainedWeightsError):
-    """A weight file that is not a ResNet the encoder (at its depth and width) can use."""
-
-
-class ResNetWeightsFileNotFoundError(ResNetWeightsError, FileNotFoundError):
-    """The weight file does not exist (also a :class:`FileNotFoundError`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,11 +146,6 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in np.shape(x))
 
 
-def _to_numpy(x: Any, dtype: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor (float16/bfloat16/float32/float64)
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=dtype)
-
 
 def _diagnose(keys: list[str]) -> str | None:
     """Why a mapping is not a torchvision bottleneck ResNet, or None if it looks like one."""
@@ -170,29 +165,29 @@ def _diagnose(keys: list[str]) -> str | None:
 
 
 def _check_state_dict(state_dict: Mapping[str, Any], depth: int, width: float, source: str) -> None:
-    """Raise :class:`ResNetWeightsError` unless ``state_dict`` is a torchvision ResNet-``depth``
+    """Raise :class:`PretrainedWeightsError` unless ``state_dict`` is a torchvision ResNet-``depth``
     at ``width`` (another network, the other depth, missing / unexpected keys, shapes)."""
     keys = list(state_dict.keys())
     if not all(isinstance(k, str) for k in keys):
-        raise ResNetWeightsError(f"{source}: state-dict keys must be strings")
+        raise PretrainedWeightsError(f"{source}: state-dict keys must be strings")
     problem = _diagnose(keys)
     if problem:
-        raise ResNetWeightsError(f"{source}: {problem} (expected ResNet-{depth})")
+        raise PretrainedWeightsError(f"{source}: {problem} (expected ResNet-{depth})")
     found_blocks, want_blocks = count_blocks(keys), RESNET_BLOCKS[depth]
     if found_blocks != want_blocks:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{source}: holds {describe_blocks(found_blocks)} (blocks per stage "
             f"{found_blocks}), but depth={depth} expects ResNet-{depth} {want_blocks}"
         )
     expected = torchvision_keys(depth, width)
     missing = [k for k in expected if k not in state_dict]
     if missing:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{source}: missing {len(missing)} ResNet-{depth} entries, e.g. {missing[:3]}"
         )
     unexpected = [k for k in keys if k not in expected and not DROPPED.fullmatch(k)]
     if unexpected:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{source}: unexpected entries for a torchvision ResNet-{depth}: {unexpected[:3]}"
         )
     for key, want in expected.items():
@@ -200,7 +195,7 @@ def _check_state_dict(state_dict: Mapping[str, Any], depth: int, width: float, s
         if found != want:
             full = torchvision_keys(depth, 1.0)[key]
             hint = " (a full-width file: use width=1.0)" if found == full and width != 1.0 else ""
-            raise ResNetWeightsError(
+            raise PretrainedWeightsError(
                 f"{source}: {key!r} has shape {found}; ResNet-{depth} at width={width:g} "
                 f"expects {want}{hint}"
             )
@@ -219,7 +214,7 @@ def torchvision_state_to_variables(
     dict exact).
 
     Keys are matched by name (an optional ``module.`` prefix of a DataParallel snapshot is
-    removed). Raises :class:`ResNetWeightsError` naming ``source`` for another network, the
+    removed). Raises :class:`PretrainedWeightsError` naming ``source`` for another network, the
     other depth, a missing or unexpected key, or a shape of another width.
     """
     check_depth(depth)
@@ -231,11 +226,11 @@ def torchvision_state_to_variables(
     for module, (kind, _) in torchvision_layout(depth, width).items():
         path = tuple(module.split("."))
         if kind == "conv":
-            w = _to_numpy(state_dict[f"{module}.weight"], dtype)
+            w = to_numpy(state_dict[f"{module}.weight"], dtype)
             flat[("params", *path, "kernel")] = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
         else:
             for leaf, (collection, name) in {**_BN_LEAVES, **_BN_STATS}.items():
-                flat[(collection, *path, name)] = _to_numpy(state_dict[f"{module}.{leaf}"], dtype)
+                flat[(collection, *path, name)] = to_numpy(state_dict[f"{module}.{leaf}"], dtype)
     return traverse_util.unflatten_dict(flat)
 
 
@@ -269,14 +264,14 @@ def depth_of_variables(variables: Mapping[str, Any], source: str) -> int:
     try:
         blocks = tuple(len(variables["params"][stage]) for stage, *_ in STAGES)
     except (KeyError, TypeError) as e:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{source}: expected {{'params': {{'layer1', 'layer2', 'layer3', ...}}, "
             f"'batch_stats': ...}} ResNet encoder variables"
         ) from e
     for depth, want in RESNET_BLOCKS.items():
         if blocks == want[: len(STAGES)]:
             return depth
-    raise ResNetWeightsError(
+    raise PretrainedWeightsError(
         f"{source}: layer1..layer3 have {blocks} blocks; ResNet-50 has (3, 4, 6), "
         f"ResNet-101 (3, 4, 23)"
     )
@@ -290,22 +285,22 @@ def check_variables(
 ) -> None:
     """Check that ``variables`` has exactly the tree and shapes of
     ``ResNetEncoder(depth, width)`` (with ``width=None`` the tree only); raises
-    :class:`ResNetWeightsError` naming ``source``."""
+    :class:`PretrainedWeightsError` naming ``source``."""
     want = traverse_util.flatten_dict(expected_variable_shapes(depth, width or 1.0), sep="/")
     try:
         got = traverse_util.flatten_dict(_as_dict(variables), sep="/")
     except (AttributeError, TypeError) as e:
-        raise ResNetWeightsError(f"{source}: not a nested dict of arrays") from e
+        raise PretrainedWeightsError(f"{source}: not a nested dict of arrays") from e
     missing = [k for k in want if k not in got]
     extra = [k for k in got if k not in want]
     if missing or extra:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{source}: not ResNet-{depth} encoder variables: missing {missing[:3]}, "
             f"unexpected {extra[:3]}"
         )
     for key, shape in want.items():
         if width is not None and _shape(got[key]) != shape:
-            raise ResNetWeightsError(
+            raise PretrainedWeightsError(
                 f"{source}: {key} has shape {_shape(got[key])}; ResNet-{depth} at "
                 f"width={width:g} expects {shape}"
             )
@@ -316,13 +311,6 @@ def check_variables(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_file(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        what = "is not a file" if os.path.exists(path) else "not found"
-        raise ResNetWeightsFileNotFoundError(f"ResNet weight file {what}: {path!r}")
-    return path
-
 
 def load_torchvision_resnet(path: str | os.PathLike, depth: int, width: float = 1.0) -> Variables:
     """Read a torchvision ``resnet{50,101}-*.pth`` state dict into encoder variables.
@@ -331,9 +319,9 @@ def load_torchvision_resnet(path: str | os.PathLike, depth: int, width: float = 
     ``torch.load(map_location='cpu', weights_only=True)``. A ``{'state_dict': ...}`` wrapper
     is accepted. ``width`` other than 1 is for (small) test files.
     """
-    path = _check_file(path)
+    path = check_file(path, "ResNet")
     check_depth(depth)
-    state_dict = read_torch_state_dict(path, ResNetWeightsError)
+    state_dict = read_torch_state_dict(path, PretrainedWeightsError)
     return torchvision_state_to_variables(state_dict, depth=depth, width=width, source=path)
 
 
@@ -342,8 +330,7 @@ def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
     ``params/layer1/0/conv1/kernel`` entries."""
     check_variables(variables, depth_of_variables(variables, "save_npz"), None, "save_npz")
     flat = traverse_util.flatten_dict(_as_dict(variables), sep="/")
-    with open(os.fspath(path), "wb") as f:  # a file object: numpy adds no '.npz' suffix
-        np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
+    save_flat_npz(flat, path)
 
 
 def load_npz(
@@ -352,18 +339,20 @@ def load_npz(
     """Read a :func:`save_npz` file. The depth is read from the file (and must equal
     ``depth`` if given); every shape must be that of the encoder at ``width`` (``None``:
     any width, the tree is still checked)."""
-    path = _check_file(path)
-    arrays = read_npz(path, ResNetWeightsError)
+    path = check_file(path, "ResNet")
+    arrays = read_npz(path, PretrainedWeightsError)
     flat = {tuple(key.split("/")): value for key, value in arrays.items()}
     if not flat or {k[0] for k in flat} != set(COLLECTIONS):
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{path}: expected 'params/...' and 'batch_stats/...' entries of ResNet encoder "
             f"variables, found {sorted({k[0] for k in flat})}"
         )
     variables = traverse_util.unflatten_dict(flat)
     found = depth_of_variables(variables, path)
     if depth is not None and check_depth(depth) != found:
-        raise ResNetWeightsError(f"{path}: holds ResNet-{found} variables, expected ResNet-{depth}")
+        raise PretrainedWeightsError(
+            f"{path}: holds ResNet-{found} variables, expected ResNet-{depth}"
+        )
     check_variables(variables, found, width, path)
     return variables
 
@@ -374,7 +363,7 @@ def load_pretrained_resnet(path: str | os.PathLike, depth: int, width: float = 1
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
-        raise ResNetWeightsError(
+        raise PretrainedWeightsError(
             f"{path!r}: unknown weight file suffix {suffix!r}; expected one of "
             f"{sorted(SUFFIXES)} (torchvision .pth/.pt, converted .npz)"
         )
@@ -403,13 +392,13 @@ def merge_encoder_variables(
             ) from e
         new = encoder_variables[collection]
         if jax.tree.structure(_as_dict(current)) != jax.tree.structure(_as_dict(new)):
-            raise ResNetWeightsError(
+            raise PretrainedWeightsError(
                 f"{collection}/{name}: the weights' tree differs from the model's (depth?)"
             )
 
         def cast(old: Any, value: Any, collection: str = collection) -> Any:
             if _shape(old) != _shape(value):
-                raise ResNetWeightsError(
+                raise PretrainedWeightsError(
                     f"{collection}/{name}: model expects shape {_shape(old)}, weights have "
                     f"{_shape(value)} (is the model width 1.0?)"
                 )

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from panet_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from panet_jax.models.vgg import VGG16_LAYERS, scaled_channels
+from panet_jax.models.weights.reader import (
+    PretrainedWeightsError,
+    check_file,
+    read_npz,
+    read_torch_state_dict,
+    save_flat_npz,
+    to_numpy,
+)
 
 EncoderParams = dict[str, dict[str, np.ndarray]]
 
@@ -37,22 +44,10 @@ CONV_NAMES: tuple[str, ...] = tuple(name for name, _, _ in VGG16_LAYERS)
 KERAS_LAYER_NAMES: tuple[str, ...] = tuple(f"block{name[4]}_conv{name[6]}" for name in CONV_NAMES)
 # ImageNet normalisation used by our input pipeline (RGB, [0, 1] scale) and the Caffe BGR means
 # (0-255 scale) that the Keras VGG16 weights expect (``preprocess_input(mode='caffe')``).
-IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float64)
-IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float64)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float64)
 
 SUFFIXES = {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras", ".npz": "npz"}
-TORCH_INSTALL_HINT = (
-    "Reading a .pth file needs PyTorch. Install the CPU build from PyTorch's own wheel index: "
-    "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu` (from PyPI "
-    "the same pin is the multi-GB CUDA build on Linux), or convert the file once on a machine "
-    "that has torch with `python experiments/convert_weights.py --input=vgg16-397923af.pth "
-    "--output=vgg16.npz` and load the .npz instead (no torch needed)."
-)
 
-
-class PretrainedWeightsError(ValueError):
-    """A weight file that is not a VGG-16 the encoder can use."""
 
 
 def vgg16_param_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -71,14 +66,6 @@ def count_params(params: Mapping[str, Mapping[str, Any]]) -> int:
     """Total number of scalars in an encoder param tree."""
     return int(sum(np.size(v) for layer in params.values() for v in layer.values()))
 
-
-def _check_file(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"pretrained weight file not found: {path!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weight path is not a file: {path!r}")
-    return path
 
 
 def check_encoder_params(
@@ -181,8 +168,8 @@ def torchvision_state_to_params(
                     f"with shape {_shape_str(want)}, found {_shape_str(found)}."
                     f"{_diagnose_state_dict(keys)}"
                 )
-        w = _to_numpy(state_dict[keys[2 * i]])
-        b = _to_numpy(state_dict[keys[2 * i + 1]])
+        w = to_numpy(state_dict[keys[2 * i]])
+        b = to_numpy(state_dict[keys[2 * i + 1]])
         params[name] = {
             "kernel": np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32),
             "bias": np.asarray(b, dtype=np.float32),
@@ -190,36 +177,6 @@ def torchvision_state_to_params(
     return params
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x)
-
-
-def read_torch_state_dict(path: str, error: type[Exception]) -> Mapping[str, Any]:
-    """The state dict in a torch-saved file (a ``{'state_dict': ...}`` wrapper accepted), read
-    with ``torch.load(map_location='cpu', weights_only=True)``; ``error`` naming the file
-    when it is unreadable or holds something else. Needs PyTorch (imported here)."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"cannot read {path!r}: {TORCH_INSTALL_HINT}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
-        raise error(
-            f"{path}: torch.load could not read it as a state dict (truncated or corrupt "
-            f"file? {type(e).__name__}: {first})"
-        ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise error(
-            f"{path}: expected a state dict (a mapping of names to tensors), found "
-            f"{type(obj).__name__}"
-        )
-    return obj
 
 
 def load_torchvision_vgg16(path: str | os.PathLike) -> EncoderParams:
@@ -230,7 +187,7 @@ def load_torchvision_vgg16(path: str | os.PathLike) -> EncoderParams:
     ``classifier.*`` entries are dropped. Raises :class:`PretrainedWeightsError` naming the file,
     the key and the expected vs found shape for anything else (VGG-19, ResNet, VGG-16-BN ...).
     """
-    path = _check_file(path)
+    path = check_file(path)
     state_dict = read_torch_state_dict(path, PretrainedWeightsError)
     return torchvision_state_to_params(state_dict, width=1.0, source=path)
 
@@ -275,9 +232,9 @@ def keras_bgr_to_rgb_normalised(
     and ours effectively pads ``z = d`` (|d| < 0.5 grey levels).
     """
     k_rgb = kernel[:, :, ::-1, :].astype(np.float64)
-    offset = 255.0 * IMAGENET_MEAN_RGB - CAFFE_MEAN_BGR[::-1]
+    offset = 255.0 * np.asarray(IMAGENET_MEAN, np.float64) - CAFFE_MEAN_BGR[::-1]
     new_bias = bias.astype(np.float64) + np.einsum("hwco,c->o", k_rgb, offset)
-    new_kernel = k_rgb * (255.0 * IMAGENET_STD_RGB)[None, None, :, None]
+    new_kernel = k_rgb * (255.0 * np.asarray(IMAGENET_STD, np.float64))[None, None, :, None]
     return new_kernel.astype(np.float32), new_bias.astype(np.float32)
 
 
@@ -298,7 +255,7 @@ def load_keras_vgg16_h5(path: str | os.PathLike, *, rgb_normalised: bool = True)
     These are **not** the numbers of torchvision's ``vgg16-397923af.pth`` (a different training
     run): only the torchvision file reproduces the official PANet initialisation exactly.
     """
-    path = _check_file(path)
+    path = check_file(path)
     try:
         import h5py
     except ImportError as e:
@@ -359,23 +316,13 @@ def flatten_params(params: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndar
 def save_npz(params: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Write encoder params (any width) to ``path`` as flat ``conv1_1/kernel`` entries."""
     check_encoder_params(params, "save_npz", width=None)
-    with open(os.fspath(path), "wb") as f:  # a file object: numpy adds no '.npz' suffix
-        np.savez(f, **flatten_params(params))
+    save_flat_npz(flatten_params(params), path)
 
-
-def read_npz(path: str, error: type[Exception] = PretrainedWeightsError) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` as float32; a truncated or corrupt file raises ``error``
-    naming it (NumPy / zipfile / zlib raise many types for one damaged file)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: np.asarray(data[key], dtype=np.float32) for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise error(f"{path}: not a readable .npz file, truncated or corrupt? ({e})") from e
 
 
 def load_npz(path: str | os.PathLike) -> EncoderParams:
     """Read a :func:`save_npz` file; checks the VGG-16 layer structure (any width)."""
-    path = _check_file(path)
+    path = check_file(path)
     params: EncoderParams = {}
     for key, value in read_npz(path).items():
         layer, sep, leaf = key.partition("/")
@@ -408,7 +355,7 @@ def load_pretrained(path: str | os.PathLike, width: float = 1.0) -> EncoderParam
             f"{path!r}: unknown weight file suffix {suffix!r}; expected one of "
             f"{sorted(SUFFIXES)} (torchvision .pth/.pt, Keras .h5, converted .npz)"
         )
-    _check_file(path)
+    check_file(path)
     kind = SUFFIXES[suffix]
     if kind == "torchvision":
         params = load_torchvision_vgg16(path)
