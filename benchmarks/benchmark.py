@@ -59,7 +59,7 @@ from typing import Any
 
 from absl import flags
 
-from panet_jax import cli
+from panet_jax import cli, files
 from panet_jax.models import registry
 from panet_jax.runtime import xla_options
 
@@ -95,6 +95,7 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("isolate", True, "A fresh subprocess per configuration (per-config peaks).")
 flags.DEFINE_bool("alternate", True, "Variants alternate in one process (else one each).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 flags.DEFINE_string("worker", None, "(internal) run one configuration given as JSON.")
 
 RESULT_MARKER = "BENCH_RESULT "
@@ -565,7 +566,6 @@ def benchmark() -> list[dict[str, Any]]:
 
 def report(rows: list[dict[str, Any]]) -> None:
     """Print the table and the machine notes; write ``--out`` (JSON, atomically)."""
-    from panet_jax import files
 
     device = device_info(rows)
     on_cpu = device["platform"] == "cpu"
@@ -583,7 +583,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         out = {"command": " ".join(["python", *sys.argv]), "versions": versions(),
                "device": device, "cpu": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "rows": rows, "results": rows, "table": table, "notes": notes}  # fmt: skip
-        files.atomic_write(FLAGS.out, json.dumps(out, indent=2), overwrite=True)
+        files.write_json(FLAGS.out, out, overwrite=FLAGS.overwrite)
         print(f"wrote {FLAGS.out}")
 
 
@@ -591,6 +591,8 @@ def main(argv: list[str]) -> int:
     """Programmatic entry (``benchmarks/gpu_check.py``): parse the flags in ``argv``, run,
     return the exit status (1 if a configuration failed)."""
     FLAGS([os.path.basename(__file__), *argv])
+    if FLAGS.out:
+        files.check_new_output(FLAGS.out, FLAGS.overwrite, "--out")
     rows = benchmark()
     report(rows)
     return int(any("error" in r for r in rows))
@@ -600,10 +602,12 @@ def _cli_main(argv: list[str]) -> None:
     if FLAGS.worker:
         print(RESULT_MARKER + json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
         return
+    if FLAGS.out:
+        files.check_new_output(FLAGS.out, FLAGS.overwrite, "--out")
     rows = benchmark()
     report(rows)
     if any("error" in r for r in rows):
-        raise RuntimeError("some configurations failed (see the table)")
+        raise cli.CommandFailed("some configurations failed (see the table)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import json
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ flags.DEFINE_integer("size", 241, "Input image side; layers see it after the enc
 flags.DEFINE_integer("batch", 2, "Images per convolution (1-way 1-shot: 2).")
 flags.DEFINE_integer("repeats", 5, "Timed rounds.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 
 PASSES = ("forward", "kernel_grad", "kernel_grad_xla", "input_grad")
 
@@ -167,6 +167,8 @@ def main(argv: list[str]) -> None:
     del argv
     from panet_jax import files
 
+    if FLAGS.out:
+        files.check_new_output(FLAGS.out, FLAGS.overwrite, "--out")
     rows = []
     for row in layer_shapes(FLAGS.size):
         rows.append(time_layer(row, FLAGS.batch, FLAGS.repeats))
@@ -177,7 +179,7 @@ def main(argv: list[str]) -> None:
         out = {"command": " ".join(["python", *sys.argv]), "size": FLAGS.size,
                "batch": FLAGS.batch, "repeats": FLAGS.repeats, "rows": rows,
                "table": table}  # fmt: skip
-        files.atomic_write(FLAGS.out, json.dumps(out, indent=2), overwrite=True)
+        files.write_json(FLAGS.out, out, overwrite=FLAGS.overwrite)
         print(f"wrote {FLAGS.out}")
 
 

@@ -15,7 +15,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import json
 import platform
 import statistics
 import time
@@ -35,6 +34,7 @@ flags.DEFINE_integer("warmup", 10, "Untimed batches first.")
 flags.DEFINE_integer("windows", 5, "Timed windows.")
 flags.DEFINE_integer("window_batches", 40, "Batches per timed window.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 flags.mark_flags_as_required(["data_dir"])
 
 
@@ -67,6 +67,9 @@ def main(argv: list[str]) -> None:
 
     from panet_jax import files
     from panet_jax.data import builders
+
+    if FLAGS.out:
+        files.check_new_output(FLAGS.out, FLAGS.overwrite, "--out")
     from panet_jax.data.pipeline import EpisodeConfig
 
     data_dir = os.path.expanduser(FLAGS.data_dir)
@@ -96,15 +99,14 @@ def main(argv: list[str]) -> None:
         print(f"| {r['dataset']} | 1-way {r['shots']}-shot | {r['episodes_per_s']:.2f} | "
               f"{r['min']:.2f} | {r['max']:.2f} | {r['images_per_s']:.1f} |")  # fmt: skip
     if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         meta = {
             "image_size": size, "batch_size": FLAGS.batch_size, "warmup": FLAGS.warmup,
             "windows": FLAGS.windows, "window_batches": FLAGS.window_batches,
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "tensorflow": tf.__version__,
         }  # fmt: skip
-        report = json.dumps({"settings": meta, "results": rows}, indent=2)
-        files.atomic_write(FLAGS.out, report, overwrite=True)
+        report = {"settings": meta, "results": rows}
+        files.write_json(FLAGS.out, report, overwrite=FLAGS.overwrite)
         print(f"wrote {FLAGS.out}")
 
 
