@@ -59,7 +59,7 @@ from typing import Any
 
 from absl import flags
 
-from panet_jax import cli, files
+from panet_jax import cli, errors, files
 from panet_jax.models import registry
 from panet_jax.runtime import xla_options
 
@@ -607,7 +607,7 @@ def _cli_main(argv: list[str]) -> None:
     rows = benchmark()
     report(rows)
     if any("error" in r for r in rows):
-        raise cli.CommandFailed("some configurations failed (see the table)")
+        raise errors.CommandFailed("some configurations failed (see the table)")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 
 from absl import flags
 
-from panet_jax import cli, files
+from panet_jax import cli, errors, files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -303,7 +303,7 @@ def main(argv: list[str]) -> None:
     print(f"wrote {FLAGS.out}")
     failed = [name for name, r in results.items() if not r.get("ok")]
     if failed:
-        raise cli.CommandFailed(f"parts failed: {', '.join(failed)} (see the table above)")
+        raise errors.CommandFailed(f"parts failed: {', '.join(failed)} (see the table above)")
 
 
 if __name__ == "__main__":

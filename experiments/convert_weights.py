@@ -21,11 +21,12 @@ import os
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.models.names import ENCODERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "vgg16-397923af.pth, Keras .h5, resnet50/101 .pth, or .npz")
 flags.DEFINE_string("output", None, "The .npz to write.")
-flags.DEFINE_enum("encoder", "vgg16", ["vgg16", "resnet50", "resnet101"], "Which encoder.")
+flags.DEFINE_enum("encoder", "vgg16", list(ENCODERS), "Which encoder.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 flags.mark_flags_as_required(["input", "output"])
 

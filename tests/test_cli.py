@@ -16,6 +16,7 @@ import pytest
 import train_helpers as h
 from commands import assert_clean_failure, digest, run_cli, small_tmpfs
 from paths import EXPERIMENTS, REPO
+from PIL import Image
 
 
 def test_segment_overwrite_on_a_full_disk_keeps_the_old_outputs(world, tmp_path):
@@ -70,7 +71,36 @@ CASE_IDS = [
     "segment-step-not-saved",
     "convert-damaged-weights",
     "prepare-voc-without-vocdevkit",
+    "train-unknown-config-argument",
+    "segment-decompression-bomb-query",
+    "segment-query-not-an-image",
+    "segment-no-query",
+    "compile-empty-topology",
+    "compile-unknown-step",
+    "compile-json-exists",
+    "benchmark-out-exists",
+    "benchmark-data-out-exists",
+    "benchmark-convs-out-exists",
+    "gpu-check-out-exists",
+    "convert-output-exists",
+    "evaluate-unknown-config-argument",
 ]
+
+
+def _bomb_png(folder: Path) -> Path:
+    """A 2 KB PNG that decodes to 14000 x 14000 pixels (over PIL's decompression-bomb limit)."""
+    path = folder / "bomb.png"
+    if not path.exists():
+        Image.new("1", (14000, 14000)).save(path, optimize=True)
+    return path
+
+
+def _existing_output(folder: Path) -> Path:
+    """A file of the user's that a command is asked to write over."""
+    path = folder / "mine.json"
+    if not path.exists():
+        path.write_text('{"the user\'s": "results"}')
+    return path
 
 
 def _cli_cases(world) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
@@ -81,6 +111,9 @@ def _cli_cases(world) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
            f"--out_dir={world['root'] / 'seg_out'}"]  # fmt: skip
     bad_config = world["root"] / "bad_config.py"
     bad_config.write_text("def get_config(:\n")
+    bomb, mine = _bomb_png(user), _existing_output(user)
+    one_query = [f"--support={user / 'img.png'}:{user / 'mask.png'}",
+                 f"--out_dir={world['root'] / 'seg_out2'}"]  # fmt: skip
     cases = [
         (
             "train-negative-steps",
@@ -233,7 +266,36 @@ def _cli_cases(world) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
             ],
             ("VOC2012",),
         ),
-    ]
+        ("train-unknown-config-argument", "train.py",
+         [f"--config={h.RUNLOCAL},folds=2", f"--workdir={world['root'] / 'n10'}"],
+         ("folds", "expected one of")),
+        ("evaluate-unknown-config-argument", "evaluate.py",
+         [f"--config={h.RUNLOCAL},shots=5", f"--checkpoint={wd}"], ("shots", "expected one of")),
+        ("segment-decompression-bomb-query", "segment.py",
+         [f"--checkpoint={wd}", *one_query, f"--query={bomb}"], ("bomb.png", "too large")),
+        ("segment-query-not-an-image", "segment.py",
+         [f"--checkpoint={wd}", *one_query, f"--query={user / 'junk.pth'}"], ("junk.pth",)),
+        ("segment-no-query", "segment.py", [f"--checkpoint={wd}", *one_query], ("--query",)),
+        ("compile-empty-topology", "compile_for.py", [f"--config={h.RUNLOCAL}", "--topology="],
+         ("--topology", "empty")),
+        ("compile-unknown-step", "compile_for.py",
+         [f"--config={h.RUNLOCAL}", "--topology=v5e:2x2", "--steps=train,predict"],
+         ("--steps", "'predict'", "train, eval")),
+        ("compile-json-exists", "compile_for.py",
+         [f"--config={h.RUNLOCAL}", "--topology=v5e:2x2", f"--json={mine}"],
+         ("mine.json", "--overwrite")),
+        ("benchmark-out-exists", "benchmark.py", [f"--out={mine}"], ("mine.json", "--overwrite")),
+        ("benchmark-data-out-exists", "benchmark_data.py",
+         [f"--data_dir={world['data']}", f"--out={mine}"], ("mine.json", "--overwrite")),
+        ("benchmark-convs-out-exists", "benchmark_convs.py", [f"--out={mine}"],
+         ("mine.json", "--overwrite")),
+        ("gpu-check-out-exists", "gpu_check.py", ["--allow_cpu", f"--out={mine}"],
+         ("mine.json", "--overwrite")),
+        ("convert-output-exists", "convert_weights.py",
+         [f"--input={user / 'junk.pth'}", f"--output={user / 'o_exists.npz'}"],
+         ("o_exists.npz",)),
+    ]  # fmt: skip
+    (user / "o_exists.npz").write_bytes(b"the user's converted weights")
     return {name: (script, args, words) for name, script, args, words in cases}
 
 
@@ -290,3 +352,14 @@ def test_the_non_finite_stop_always_exits_promptly(world, tmp_path):
                 assert p.returncode == 1 and "non-finite loss" in err, err[-2000:]
                 assert "Traceback" not in err
             procs = []
+
+
+def test_every_command_runs_behind_the_error_wrapper():
+    """Each script under experiments/ and benchmarks/ ends in ``cli.run(...)``; none calls
+    ``app.run`` itself (whose errors would arrive as tracebacks)."""
+    scripts = sorted([*EXPERIMENTS.glob("*.py"), *(REPO / "benchmarks").glob("*.py")])
+    assert len(scripts) >= 10
+    for script in scripts:
+        text = script.read_text()
+        assert "app.run(" not in text, script
+        assert text.rstrip().endswith(("cli.run(main)", "cli.run(_cli_main)")), script

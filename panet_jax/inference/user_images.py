@@ -36,6 +36,10 @@ def open_image_file(path: PathLike, name: str) -> Image.Image:
     try:
         img = Image.open(p)
         img.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"{name}: {os.fspath(path)!r} is too large to decode safely ({e}); resize it first"
+        ) from e
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise ValueError(f"{name}: cannot read {os.fspath(path)!r} as an image ({e})") from e
     return img

@@ -35,9 +35,11 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from panet_jax import errors
 from panet_jax.train import state as ts
 from panet_jax.train.workdir import config_to_json
 
+log = logging.getLogger(__name__)
 _ITEMS = ("state", "config")
 
 
@@ -48,19 +50,36 @@ class CheckpointReadError(ValueError):
         self.step, self.directory, self.cause = step, directory, cause
         super().__init__(
             f"checkpoint step {step} in {str(directory)!r} cannot be read, it is damaged "
-            f"(an interrupted copy or a full disk?): {_short(cause)}{hint}"
+            f"(an interrupted copy or a full disk?){hint}"
         )
+        log.debug("checkpoint step %d cannot be read", step, exc_info=cause)
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint that could not be written (full disk, permissions, I/O error)."""
 
 
-def _short(e: BaseException, limit: int = 240) -> str:
-    """The first line of an exception (orbax / tensorstore errors run to pages)."""
-    lines = [ln.strip() for ln in (str(e) or type(e).__name__).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def quiet_orbax(record: logging.LogRecord) -> bool:
+    """Logging filter: drop orbax's per-save / per-restore INFO chatter, its notice that a
+    read-only checkpoint directory is read only, and the tracebacks its background threads
+    log for a failed save (the same failure is raised in the main thread and reported there
+    in one line); keep its other warnings and errors."""
+    if f"{os.sep}clu{os.sep}asynclib" in record.pathname:  # the writer's error, raised later
+        return not record.exc_info
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    if record.exc_info or record.levelno < logging.WARNING:
+        return False
+    return "is read only" not in record.getMessage()
+
+
+def quiet_orbax_logs() -> None:
+    """Install :func:`quiet_orbax` on absl's logger (orbax logs through absl), once."""
+    from absl import logging as absl_logging
+
+    logger = absl_logging.get_absl_logger()
+    if quiet_orbax not in logger.filters:
+        logger.addFilter(quiet_orbax)
 
 
 def _is_closed_loop_noise(unraisable: Any) -> bool:
@@ -69,18 +88,17 @@ def _is_closed_loop_noise(unraisable: Any) -> bool:
 
 
 class _SiblingWriteFailures(logging.Filter):
-    """Drops asyncio's "Future / Task exception was never retrieved" records of orbax's parallel
-    array writes: when one write fails (full disk), its siblings fail the same way and their
-    futures are never awaited; the first failure is already reported as
-    :class:`CheckpointWriteError`."""
+    """Drops asyncio's "<any future or task> exception was never retrieved" records whose
+    exception is a resource failure (:func:`panet_jax.errors.resource_error`: full disk, quota,
+    permissions): when one of orbax's parallel writes fails that way its siblings fail alike
+    and their futures are never awaited; the first failure is already reported as
+    :class:`CheckpointWriteError`. Any other never-retrieved exception is kept."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        never_retrieved = ("Future exception was never retrieved", "Task exception was never")
-        if not record.getMessage().startswith(never_retrieved):
+        if "exception was never retrieved" not in record.getMessage():
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        text = str(exc) if exc is not None else record.getMessage()
-        return not ("orbax-checkpoint-tmp" in text or "OCDBT" in text)
+        return exc is None or errors.resource_error(exc) is None
 
 
 def _silence_closed_loop_callbacks() -> None:
@@ -103,16 +121,6 @@ def _silence_closed_loop_callbacks() -> None:
     hook._panet_filter = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
-
-def _os_error_in(e: BaseException) -> OSError | None:
-    """The first ``OSError`` in an exception's cause / context chain."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno is not None:
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 # --------------------------------------------------------------------------- state helpers
@@ -161,6 +169,7 @@ class Checkpointer:
         async_save: bool = True,
     ):
         self.directory = Path(directory).absolute()
+        quiet_orbax_logs()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max(1, int(keep))),
             enable_async_checkpointing=async_save,
@@ -226,11 +235,9 @@ class Checkpointer:
             failed = self._pending if self._pending is not None else step
             self._pending = None
             kept = [s for s in self.all_steps() if s != failed]
-            os_error = _os_error_in(e)
-            full = (os_error is not None and os_error.errno == errno.ENOSPC) or any(
-                marker in str(e) for marker in ("RESOURCE_EXHAUSTED", "No space left")
-            )
-            reason = "no space left on the device" if full else _short(e)
+            os_error = errors.os_error_in(e)
+            full = errors.resource_error(e) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in str(e)
+            reason = "no space left on the device" if full else errors.first_line(e)
             error = CheckpointWriteError(
                 f"writing checkpoint step {failed} to {str(self.directory)!r} failed: {reason}; "
                 f"the checkpoints already written are kept (steps {kept})"
