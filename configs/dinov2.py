@@ -16,7 +16,7 @@ Fine-tuning with PAR stays possible (``experiments/train.py`` with ``model.pretr
 ``model.frozen`` naming the ViT parts to keep, e.g. ``patch_embed,blocks_0-7``).
 """
 
-from panet_jax.config_base import apply_arg, base_config
+from panet_jax.config import apply_arg, base_config
 
 DATASETS = ("pascal5i", "coco20i", "fss1000", "synthetic")
 DEFAULT_SIZE = {"synthetic": 126}  # others: 518

@@ -14,8 +14,8 @@ torchvision's ``resnet50-*.pth`` / ``resnet101-*.pth``. DINOv2 (``--encoder=dino
 [_reg]``): the official ``dinov2_vit*14*_pretrain.pth`` or a Hugging Face ``model.safetensors``
 (the file must hold that model); the ``.npz`` keeps the official key names. The output is
 written atomically (temporary file + rename, readable like any new file) and an existing one is
-kept unless ``--overwrite`` is given. Exit status: 0 on success, 1 if the input is not usable, 2 on a
-flag error.
+kept unless ``--overwrite`` is given. Exit status: 0 on success, 1 if the input is not usable,
+2 on a flag error.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ def _check_output() -> None:
 
 
 def _summary_vgg(params) -> str:
-    from panet_jax import pretrained
+    from panet_jax.models.weights import vgg as vgg_weights
 
     lines = [f"{'layer':<8} {'kernel (HWIO)':<20} {'params':>10}"]
-    for name in pretrained.CONV_NAMES:
+    for name in vgg_weights.CONV_NAMES:
         k = params[name]["kernel"]
         lines.append(f"{name:<8} {tuple(k.shape)!s:<20} {k.size + params[name]['bias'].size:>10,}")
-    lines.append(f"{len(params)} convs, {pretrained.count_params(params):,} parameters")
+    lines.append(f"{len(params)} convs, {vgg_weights.count_params(params):,} parameters")
     return "\n".join(lines)
 
 
@@ -73,13 +73,14 @@ def _dinov2():
 def main(argv: list[str]) -> None:
     import jax
 
-    from panet_jax import files, pretrained
-    from panet_jax.models import resnet_weights
+    from panet_jax import files
+    from panet_jax.models.weights import resnet as resnet_weights
+    from panet_jax.models.weights import vgg as vgg_weights
 
     _check_output()
     if FLAGS.encoder == "vgg16":
-        params = pretrained.load_pretrained(FLAGS.input)
-        save, summary = pretrained.save_npz, _summary_vgg(params)
+        params = vgg_weights.load_pretrained(FLAGS.input)
+        save, summary = vgg_weights.save_npz, _summary_vgg(params)
     elif FLAGS.encoder.startswith("dinov2"):
         params, save, summary = _dinov2()
     else:

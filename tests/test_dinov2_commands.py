@@ -25,11 +25,13 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from panet_jax import config_base, loading, predictor, steps  # noqa: E402
-from panet_jax import train_state as ts  # noqa: E402
+from panet_jax import config as config_base  # noqa: E402
 from panet_jax.data import builders  # noqa: E402
+from panet_jax.inference import loading, predictor  # noqa: E402
 from panet_jax.models import dinov2  # noqa: E402
 from panet_jax.models.weights import dinov2 as w  # noqa: E402
+from panet_jax.train import state as ts  # noqa: E402
+from panet_jax.train import steps  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,8 +1,44 @@
-"""The encoder names ``config.model.encoder`` accepts (read by the config and the registry)."""
+"""The encoders ``config.model.encoder`` can name, and their layer names (what
+``config.model.frozen`` names). The config schema and the model registry both read them here,
+so the schema needs none of the registry's building or weight-reading code.
+"""
 
-CNN_ENCODERS = ("vgg16", "resnet50", "resnet101")
+from __future__ import annotations
+
+from panet_jax.models import dinov2
+from panet_jax.models.resnet import STAGES
+from panet_jax.models.vgg import VGG16_LAYERS
+
+RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
 # facebookresearch/dinov2's torch-hub names (dinov2/hub/backbones.py).
-DINOV2_ENCODERS = tuple(
-    f"dinov2_vit{size}14{reg}" for reg in ("", "_reg") for size in ("s", "b", "l", "g")
-)
-ENCODERS = CNN_ENCODERS + DINOV2_ENCODERS
+DINOV2_ENCODERS = tuple(dinov2.SPECS)
+ENCODERS = ("vgg16", *RESNET_DEPTHS, *DINOV2_ENCODERS)
+RESNET_TOP_LEVEL = ("conv1", "bn1", *(stage for stage, *_ in STAGES))
+
+
+def layer_names(name: str) -> tuple[str, ...]:
+    """Top-level parameter groups of encoder ``name`` (what ``config.model.frozen`` names)."""
+    if name == "vgg16":
+        return tuple(layer for layer, _, _ in VGG16_LAYERS)
+    if name in DINOV2_ENCODERS:
+        return dinov2.param_groups(dinov2.SPECS[name])
+    return RESNET_TOP_LEVEL
+
+
+def frozen_layers(name: str, frozen: str) -> tuple[str, ...]:
+    """The layers ``config.model.frozen`` names: ``''`` none, ``'all'`` every one, or a
+    comma-separated list of :func:`layer_names` (for a ViT: its parts, see
+    :func:`panet_jax.models.dinov2.frozen_groups`); ``ValueError`` naming the key otherwise."""
+    if name in DINOV2_ENCODERS:
+        return dinov2.frozen_groups(dinov2.SPECS[name], frozen)
+    names = layer_names(name)
+    if frozen.strip() == "all":
+        return names
+    chosen = tuple(v.strip() for v in frozen.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in names]
+    if unknown:
+        raise ValueError(
+            f"config.model.frozen={frozen!r}: {unknown} are not layers of {name}; expected "
+            f"'', 'all' or a comma-separated list of {', '.join(names)}"
+        )
+    return chosen

@@ -24,12 +24,16 @@ pytest.importorskip("transformers")
 import numpy_reference as npref  # noqa: E402
 import tolerances as tol  # noqa: E402
 
-from panet_jax import encoders, optim  # noqa: E402
 from panet_jax.model import PANet  # noqa: E402
-from panet_jax.models import dinov2  # noqa: E402
+from panet_jax.models import (  # noqa: E402
+    dinov2,
+    names,
+    registry,
+)
 from panet_jax.models.interpolation import bicubic_matrix  # noqa: E402
 from panet_jax.models.weights import dinov2 as weights  # noqa: E402
 from panet_jax.testing import torch_dinov2 as ref  # noqa: E402
+from panet_jax.train import optim  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -180,14 +184,14 @@ def test_panet_masks_equal_pytorch_and_numpy_head():
 def test_frozen_parts_get_no_update():
     """``config.model.frozen`` names ViT parts; the optimiser leaves exactly those unchanged."""
     name = "dinov2_vits14_reg"
-    groups = encoders.frozen_layers(name, "patch_embed, blocks_2-4, norm")
+    groups = names.frozen_layers(name, "patch_embed, blocks_2-4, norm")
     assert groups == ("patch_embed", "cls_token", "pos_embed", "register_tokens",
                       "blocks_2", "blocks_3", "blocks_4", "norm")  # fmt: skip
-    assert encoders.frozen_layers(name, "all") == encoders.layer_names(name)
+    assert names.frozen_layers(name, "all") == names.layer_names(name)
     for bad, match in (("blocks_12", "outside blocks_0-11"), ("head", "not a ViT part")):
         with pytest.raises(ValueError, match=match):
-            encoders.frozen_layers(name, bad)
-    encoder = encoders.build_encoder(name, 1 / 16, jnp.float32, jnp.float32)
+            names.frozen_layers(name, bad)
+    encoder = registry.build_encoder(name, 1 / 16, jnp.float32, jnp.float32)
     shapes = jax.eval_shape(encoder.init, jax.random.key(0), jnp.zeros((1, 28, 28, 3)))
     params = {"encoder": jax.tree.map(lambda s: jnp.zeros(s.shape), shapes["params"])}
     config = type("O", (), {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,

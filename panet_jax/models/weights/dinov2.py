@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from panet_jax.models.dinov2 import PATCH_SIZE, POS_GRID, SPECS, ViTSpec, ffn_hidden, scaled_spec
-from panet_jax.pretrained import PretrainedWeightsError, read_npz, read_torch_state_dict
+from panet_jax.models.weights.reader import (
+    PretrainedWeightsError,
+    check_file,
+    read_npz,
+    read_torch_state_dict,
+    save_flat_npz,
+    to_numpy,
+)
 
 SUFFIXES = (".pth", ".pt", ".safetensors", ".npz")
 IGNORED_KEYS = ("mask_token",)  # masked-image-modelling token, unused at inference
@@ -76,13 +83,6 @@ def describe(name: str, spec: ViTSpec | None = None) -> str:
     regs = f"{spec.num_register_tokens} registers" if spec.num_register_tokens else "no registers"
     return (f"{name} (embed dim {spec.embed_dim}, {spec.depth} blocks, "
             f"{'SwiGLU' if spec.ffn == 'swiglu' else 'MLP'}, {regs})")  # fmt: skip
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """float32 NumPy of a NumPy array or a torch tensor (bfloat16 / float16 included)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().float().numpy()
-    return np.asarray(x, np.float32)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -172,7 +172,7 @@ def state_to_params(state: Mapping[str, Any], name: str, source: str,
     params: dict[str, Any] = {}
     for key in official_shapes(spec):
         path, layout = _flax_path(key)
-        value = _to_numpy(state[key])
+        value = to_numpy(state[key])
         if layout == "linear":
             value = value.T
         elif layout == "conv":
@@ -244,12 +244,12 @@ def hf_to_official(state: Mapping[str, Any], source: str) -> dict[str, np.ndarra
         for pattern, official, order in _HF_PARTS:
             if m := re.match(pattern + r"(weight|bias)$", key):
                 target = (f"blocks.{m.group(1)}.{official}", m.group(3))
-                parts.setdefault(target, {})[order[m.group(2)]] = _to_numpy(value)
+                parts.setdefault(target, {})[order[m.group(2)]] = to_numpy(value)
                 break
         else:
             for pattern, official in _HF_RENAMES:
                 if re.match(pattern, key):
-                    out[re.sub(pattern, official, key, count=1)] = _to_numpy(value)
+                    out[re.sub(pattern, official, key, count=1)] = to_numpy(value)
                     break
     for (prefix, leaf), pieces in parts.items():
         if len(pieces) != (3 if prefix.endswith("qkv") else 2):
@@ -264,10 +264,7 @@ def hf_to_official(state: Mapping[str, Any], source: str) -> dict[str, np.ndarra
 
 
 def _check_file(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        what = "is not a file" if os.path.exists(path) else "not found"
-        raise FileNotFoundError(f"DINOv2 weight file {what}: {path!r}")
+    path = check_file(path, "DINOv2")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise DinoV2WeightsError(
@@ -345,8 +342,7 @@ def load_dinov2(
 
 def save_npz(params: Mapping[str, Any], spec: ViTSpec, path: str | os.PathLike) -> None:
     """Write Flax params as the official state dict in an ``.npz`` (float32, torch layouts)."""
-    with open(os.fspath(path), "wb") as f:  # a file object: numpy adds no '.npz' suffix
-        np.savez(f, **params_to_state(params, spec))
+    save_flat_npz(params_to_state(params, spec), path)
 
 
 def identify_params(params: Mapping[str, Any]) -> tuple[str, float]:

@@ -17,8 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from panet_jax import encoders  # noqa: E402
-from panet_jax.models import dinov2  # noqa: E402
+from panet_jax.models import dinov2, registry  # noqa: E402
 from panet_jax.models.weights import dinov2 as w  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -71,8 +70,8 @@ def test_official_pth(state, pth):
     assert params["pos_embed"].shape == (1, 37 * 37 + 1, c)
     assert set(params) == set(dinov2.param_groups(SPEC))
     assert_same_params(w.load_dinov2(pth, NAME, WIDTH)[2], variables)
-    assert_same_params(encoders.read_weight_file(pth), variables)  # recognised by its keys
-    assert encoders.identify(variables) == (NAME, WIDTH)
+    assert_same_params(registry.read_weight_file(pth), variables)  # recognised by its keys
+    assert registry.identify(variables) == (NAME, WIDTH)
 
 
 def test_hub_safetensors_equals_transformers_reading(state, pth, tmp_path):
@@ -114,7 +113,7 @@ def test_npz_round_trip_without_torch(state, pth, tmp_path, monkeypatch):
     w.save_npz(variables["params"], SPEC, path)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     assert_same_params(w.load_dinov2(path, NAME, WIDTH)[2], variables)
-    assert_same_params(encoders.read_weight_file(path), variables)
+    assert_same_params(registry.read_weight_file(path), variables)
 
 
 def _expect(path, match: str, name=NAME, width=WIDTH) -> None:
