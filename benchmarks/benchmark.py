@@ -61,6 +61,7 @@ from absl import flags
 
 from panet_jax import cli, errors, files
 from panet_jax.models import registry
+from panet_jax.models.names import ENCODERS
 from panet_jax.runtime import xla_options
 
 FLAGS = flags.FLAGS
@@ -75,8 +76,8 @@ flags.DEFINE_bool("compare_pytorch", False, "Also time the official-equivalent P
 flags.DEFINE_enum(
     "encoder",
     "vgg16",
-    ["vgg16", "resnet50", "resnet101"],
-    "config.model.encoder (--compare_pytorch needs vgg16).",
+    list(ENCODERS),
+    "config.model.encoder (--compare_pytorch needs vgg16; DINOv2 sizes: multiples of 14).",
 )
 flags.DEFINE_float("width", 1.0, "Encoder channel multiplier (config.model.width).")
 flags.DEFINE_integer("batch", 1, "Episodes per device per step (config.train.per_device_batch).")

@@ -62,8 +62,6 @@ def random_state(spec: dinov2.ViTSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return state
 
 
-
-
 def jax_features(spec, state, images, dtype=jnp.float64, layer=-1) -> np.ndarray:
     """The encoder's features in ``dtype`` (float64 under x64)."""
     params = weights.state_to_params(state, "test", "test", spec)
