@@ -93,6 +93,8 @@ def test_a_file_of_another_model_is_refused(weights):
         loading.check_weights_encoder(c, variables, weights / "vits14.npz")
     c.model.encoder = NAME
     loading.check_weights_encoder(c, variables, weights / "vits14.npz")
+    model, _ = loading.load_model(weights / "vits14.pth")  # the encoder recognised from the file
+    assert isinstance(model.encoder, dinov2.DinoV2Encoder) and model.encoder.spec == SPEC
 
 
 def _scene(rng, h, w, box):
