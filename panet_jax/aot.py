@@ -1,9 +1,12 @@
-"""Compile the real train and evaluation steps for a TPU slice ahead of time, on any machine.
+"""Compile the real train and evaluation steps for a TPU slice or a GPU machine ahead of time,
+on any machine.
 
 No TPU is needed: ``libtpu`` (``pip install -e ".[tpu]"``) describes the devices of a slice
-(``jax.experimental.topologies``), and the steps the trainer and the evaluator run are lowered
-and compiled for them with abstract arguments (``jax.ShapeDtypeStruct``), exactly as they
-would be on the pod:
+(``jax.experimental.topologies``); no GPU either: JAX's CUDA plugin (``pip install -e
+".[cuda]"``) describes those of a GPU machine such as ``h100:1x8`` from the GPU's target
+description (:mod:`panet_jax.aot.gpus`). The steps the trainer and the evaluator run are
+lowered and compiled for them with abstract arguments (``jax.ShapeDtypeStruct``), exactly as
+they would be on the pod:
 
 * ``train``, ``impl='shard_map'``: :func:`panet_jax.parallel.shard_map_step` of
   :func:`panet_jax.steps.make_train_step` (state replicated and donated, a
@@ -21,6 +24,11 @@ chip's HBM), the FLOPs and bytes of one step (``cost_analysis()``), a roofline (
 chip's published peak, bytes over its HBM bandwidth; XLA's own ``optimal_seconds`` estimate
 can be negative and is not used) and the lower / compile times. A step that cannot fit raises
 :class:`HBMExceededError` naming the knob to turn.
+
+On a GPU the memory is XLA's GPU compiler's against the pool JAX allocates from (75% of the
+device's memory by default), FLOPs are the encoder's exact conv count plus XLA's count of the
+rest, bytes XLA's cost analysis of the compiled program (:mod:`panet_jax.aot.hlo`), and the
+report also counts the convolutions handed to cuDNN and the collectives.
 """
 
 from __future__ import annotations
@@ -52,6 +60,11 @@ from panet_jax.models.vgg import layer_shapes
 from panet_jax.parallel import BATCH_AXIS, make_mesh, pmap_step, shard_map_step
 from panet_jax.steps import make_train_step  # the per-device train step
 from panet_jax.train_state import abstract_train_state, build_model
+
+# Until this module becomes the panet_jax/aot package: its submodules live in panet_jax/aot/.
+__path__ = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot")]
+
+from panet_jax.aot import gpus, hlo
 
 STEPS = ("train", "eval")
 IMPLS = ("shard_map", "pmap")
@@ -142,6 +155,10 @@ class TPUUnavailableError(AOTError):
     """libtpu is not installed (or cannot be loaded)."""
 
 
+class GPUUnavailableError(AOTError):
+    """JAX's CUDA plugin is not installed (or did not load in this process)."""
+
+
 class TopologyError(AOTError, ValueError):
     """A topology name libtpu or this module does not accept."""
 
@@ -176,7 +193,8 @@ def parse_topology(name: str) -> tuple[ChipSpec, tuple[int, ...]]:
     if not sep or gen not in TPU_CHIPS:
         raise TopologyError(
             f"topology {name!r}: expected <generation>:<shape> with generation one of "
-            f"{sorted(TPU_CHIPS)} (e.g. {examples})"
+            f"{sorted(TPU_CHIPS)} (e.g. {examples}), or a GPU machine <gpu>:<hosts>x<gpus per "
+            f"host> with gpu one of {sorted(gpus.GPUS)} (e.g. {gpus.EXAMPLES})"
         )
     chip = TPU_CHIPS[gen]
     try:
@@ -233,6 +251,60 @@ def tpu_devices(topology: str, *, num_slices: int = 1) -> list[jax.Device]:
     return list(desc.devices)
 
 
+def target_spec(topology: str) -> ChipSpec | gpus.GpuSpec:
+    """The chip of a TPU slice or the GPU of a GPU machine (a `` xN`` slice count ignored)."""
+    name = topology.split()[0] if topology.strip() else topology
+    if not gpus.is_gpu_topology(name):
+        return parse_topology(name)[0]
+    try:
+        return gpus.parse(name)[0]
+    except ValueError as e:
+        raise TopologyError(str(e)) from None
+
+
+def target_devices(topology: str, *, num_slices: int = 1) -> list[jax.Device]:
+    """The compile-only devices of a TPU slice (:func:`tpu_devices`) or a GPU machine
+    (:func:`panet_jax.aot.gpus.gpu_devices`)."""
+    if not gpus.is_gpu_topology(topology):
+        return tpu_devices(topology, num_slices=num_slices)
+    target_spec(topology)  # the name's form first
+    if num_slices != 1:
+        raise TopologyError(
+            f"num_slices={num_slices} is for TPU slices; a GPU machine names its hosts "
+            f"(e.g. {gpus.EXAMPLES})"
+        )
+    try:
+        return gpus.gpu_devices(topology)
+    except gpus.CudaPluginError as e:
+        raise GPUUnavailableError(str(e)) from None
+
+
+def usable_bytes(spec: ChipSpec | gpus.GpuSpec) -> int:
+    """Memory a program may use on one device of the target."""
+    if isinstance(spec, gpus.GpuSpec):
+        return spec.usable_memory_bytes()
+    return spec.hbm_usable_bytes
+
+
+def peak_flops(spec: ChipSpec | gpus.GpuSpec, compute_dtype: str) -> float:
+    """The roofline's FLOP/s for the convs in ``compute_dtype`` at JAX's matmul precision."""
+    passes = matmul_passes(compute_dtype)
+    if isinstance(spec, gpus.GpuSpec):
+        return spec.peak_flops(compute_dtype, "highest" if passes == 6 else "default")
+    return spec.peak_bf16_flops / passes
+
+
+def _memory_phrase(spec: ChipSpec | gpus.GpuSpec, device_kind: str) -> str:
+    """'a <kind> chip has X GiB usable HBM' (TPU) / the GPU's pool and where it comes from."""
+    if not isinstance(spec, gpus.GpuSpec):
+        return f"a {device_kind} chip has {spec.hbm_usable_bytes / GiB:.2f} GiB usable HBM"
+    return (
+        f"an {device_kind} has {spec.usable_memory_bytes() / GiB:.2f} GiB usable (the "
+        f"{100 * gpus.memory_fraction():.0f}% of its {spec.device_memory_size / GiB:.2f} GiB "
+        f"that JAX allocates from, {gpus.MEM_FRACTION_ENV})"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Analytical FLOPs of the encoder.
 # --------------------------------------------------------------------------------------------
@@ -275,7 +347,7 @@ class StepReport:
     reason in ``note`` (all figures ``None``)."""
 
     topology: str
-    generation: str
+    generation: str  # TPU generation or GPU name ('v5e', 'h100')
     chip_kind: str
     chips: int
     hosts: int
@@ -298,8 +370,8 @@ class StepReport:
     peak_bytes: int | None = None  # arguments + outputs - aliased + temporaries + code
     state_bytes: int | None = None  # train: one state copy (params + momentum + step)
     resident_bytes: int | None = None  # peak (+ the trainer's checkpoint copy of the state)
-    hbm_bytes: int | None = None  # usable HBM per chip
-    flops: float | None = None
+    hbm_bytes: int | None = None  # usable device memory per chip / GPU
+    flops: float | None = None  # XLA's count (GPU: the exact conv count + XLA's for the rest)
     flops_total: float | None = None
     bytes_accessed: float | None = None
     conv_flops: float | None = None  # analytical VGG conv FLOPs per chip (exact)
@@ -311,6 +383,9 @@ class StepReport:
     roofline_episodes_per_s: float | None = None
     lower_s: float | None = None
     compile_s: float | None = None
+    collectives: dict[str, int] | None = None  # kind -> count in the compiled program
+    custom_calls: dict[str, int] | None = None  # GPU: library calls (cuDNN, cuBLAS) -> count
+    cudnn_convolutions: int | None = None  # GPU: convolutions handed to cuDNN
 
     @property
     def fits(self) -> bool | None:
@@ -346,9 +421,11 @@ def _hbm_error(
     what: str,
 ) -> HBMExceededError:
     over = needed - available
+    spec = target_spec(topology)
+    unit = "GPU" if isinstance(spec, gpus.GpuSpec) else "chip"
     msg = (
-        f"{step} step does not fit on {topology}: {what} needs {needed / GiB:.2f} GiB per chip, "
-        f"a {chip_kind} chip has {available / GiB:.2f} GiB usable HBM "
+        f"{step} step does not fit on {topology}: {what} needs {needed / GiB:.2f} GiB per {unit}, "
+        f"{_memory_phrase(spec, chip_kind)} "
         f"({over / GiB:.2f} GiB, {100 * over / available:.0f}% over). To fit, "
         f"{_knobs(config, step)}."
     )
@@ -455,11 +532,12 @@ def _new_report(
     impl: str,
 ) -> StepReport:
     """The report's identity fields (what was compiled, for which slice); no figures yet."""
-    chip, _ = parse_topology(topology)
+    spec = target_spec(topology)
     d = config.data
     pdb = int(config.train.per_device_batch if step == "train" else config.eval.per_device_batch)
     return StepReport(
-        topology=topology, generation=chip.generation, chip_kind=devices[0].device_kind,
+        topology=topology, generation=getattr(spec, "generation", getattr(spec, "name", "")),
+        chip_kind=devices[0].device_kind,
         chips=len(devices), hosts=len({dev.process_index for dev in devices}), step=step,
         impl=impl, dtype=str(config.model.dtype), n_ways=int(d.n_ways), n_shots=int(d.n_shots),
         n_queries=int(d.n_queries), image_size=tuple(int(s) for s in d.image_size),
@@ -475,15 +553,14 @@ def _lower_and_compile(
 ) -> tuple[Any, int] | None:
     """``(compiled, state bytes)``, or None with ``report.status='unsupported'`` (a pmap that
     this slice cannot run); over-HBM configurations raise :class:`HBMExceededError`."""
-    chip, _ = parse_topology(report.topology)
+    available = usable_bytes(target_spec(report.topology))
     step, impl, topology = report.step, report.impl, report.topology
     lower, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
 
     def refuse(needed: int, what: str) -> HBMExceededError:
-        return _hbm_error(config, step, topology, report.chip_kind, chip.hbm_usable_bytes,
-                          needed, what)  # fmt: skip
+        return _hbm_error(config, step, topology, report.chip_kind, available, needed, what)
 
-    if check_hbm and arg_bytes > chip.hbm_usable_bytes:  # refuse before a long compile
+    if check_hbm and arg_bytes > available:  # refuse before a long compile
         raise refuse(arg_bytes, "its arguments alone")
     t0 = time.perf_counter()
     try:
@@ -510,13 +587,9 @@ def _lower_and_compile(
     return compiled, state_bytes
 
 
-def _fill_figures(
-    report: StepReport, config: ml_collections.ConfigDict, compiled: Any, state_bytes: int
-) -> None:
-    """Memory (per chip), FLOPs and the roofline of a compiled step, into ``report``."""
-    chip, _ = parse_topology(report.topology)
-    d, train = config.data, report.step == "train"
-    mem, cost = compiled.memory_analysis(), _first_cost(compiled)
+def _fill_memory(report: StepReport, compiled: Any, state_bytes: int) -> None:
+    """Memory per chip of a compiled step (XLA's memory analysis), into ``report``."""
+    mem, train = compiled.memory_analysis(), report.step == "train"
     report.argument_bytes = int(mem.argument_size_in_bytes)
     report.output_bytes = int(mem.output_size_in_bytes)
     report.alias_bytes = int(mem.alias_size_in_bytes)
@@ -530,20 +603,45 @@ def _fill_figures(
     # saved once the next loss is known to be finite): that copy lives beside the step.
     report.state_bytes = state_bytes if train else None
     report.resident_bytes = report.peak_bytes + (state_bytes if train else 0)
-    report.hbm_bytes = chip.hbm_usable_bytes
-    report.flops = float(cost.get("flops", 0.0)) or None
-    report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
-    report.flops_total = None if report.flops is None else report.flops * report.chips
+    report.hbm_bytes = usable_bytes(target_spec(report.topology))
+
+
+def _fill_cost(report: StepReport, config: ml_collections.ConfigDict, compiled: Any) -> None:
+    """FLOPs and bytes of one step per chip, and what the compiled program calls."""
+    d = config.data
     if config.model.encoder == "vgg16":
         images = int(d.n_ways) * int(d.n_shots) + int(d.n_queries)
-        per_image = vgg_conv_flops(d.image_size, float(config.model.width), train=train)
+        width, train = float(config.model.width), report.step == "train"
+        per_image = vgg_conv_flops(d.image_size, width, train=train)
         report.conv_flops = float(per_image * images * report.per_device_batch)
-    report.peak_flops = chip.peak_bf16_flops / matmul_passes(report.dtype)
-    report.hbm_bandwidth = chip.hbm_bandwidth
+    text = compiled.as_text()
+    report.collectives = dict(hlo.collectives(text))
+    if isinstance(target_spec(report.topology), gpus.GpuSpec):
+        # cost_analysis() is not implemented for a GPU compiled without one: XLA's cost model
+        # of the compiled module, the cuDNN convolutions counted exactly (panet_jax.aot.hlo).
+        report.custom_calls = dict(hlo.custom_calls(text))
+        report.cudnn_convolutions = hlo.cudnn_convolutions(text)
+        cost = hlo.program_cost(compiled, text)
+        if cost is not None:
+            report.bytes_accessed = cost[1]
+            if report.conv_flops is not None:
+                report.flops = report.conv_flops + cost[0]
+    else:
+        cost = _first_cost(compiled)
+        report.flops = float(cost.get("flops", 0.0)) or None
+        report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
+    report.flops_total = None if report.flops is None else report.flops * report.chips
+
+
+def _fill_roofline(report: StepReport) -> None:
+    """Compute and memory time of one step from the target's published peaks."""
+    spec = target_spec(report.topology)
+    report.peak_flops = peak_flops(spec, report.dtype)
+    report.hbm_bandwidth = spec.hbm_bandwidth
     if report.flops is not None:
         report.compute_s = report.flops / report.peak_flops
     if report.bytes_accessed is not None:
-        report.memory_s = report.bytes_accessed / chip.hbm_bandwidth
+        report.memory_s = report.bytes_accessed / spec.hbm_bandwidth
     times = [t for t in (report.compute_s, report.memory_s) if t is not None]
     if times:
         report.roofline_s = max(times)
@@ -569,7 +667,10 @@ def compile_step(
     result = _lower_and_compile(config, report, devices, check_hbm)
     if result is None:
         return report
-    _fill_figures(report, config, *result)
+    compiled, state_bytes = result
+    _fill_memory(report, compiled, state_bytes)
+    _fill_cost(report, config, compiled)
+    _fill_roofline(report)
     if check_hbm:
         check_fits(report, config)
     return report
@@ -598,12 +699,14 @@ def compile_for_topology(
     check_hbm: bool = True,
     on_report: Callable[[StepReport], None] | None = None,
 ) -> list[StepReport]:
-    """Compile the train / eval steps of ``config`` for a TPU slice, e.g. ``'v5e:4x4'``.
+    """Compile the train / eval steps of ``config`` for a TPU slice, e.g. ``'v5e:4x4'``, or a
+    GPU machine, e.g. ``'h100:1x8'``.
 
     Args:
       config: an experiment config (``configs/*.py``); the data-parallel mesh is every chip
         of the slice (of all ``num_slices`` slices), across hosts.
-      topology: ``<generation>:<shape>`` (:func:`parse_topology`).
+      topology: ``<generation>:<shape>`` (:func:`parse_topology`) or
+        ``<gpu>:<hosts>x<gpus per host>`` (:func:`panet_jax.aot.gpus.parse`).
       steps: of ``('train', 'eval')``; impls: forms of the train step, of
         ``('shard_map', 'pmap')`` (the evaluator only has the shard_map form: one eval row).
       check_hbm: raise :class:`HBMExceededError` when a step cannot fit (its arguments before
@@ -616,7 +719,7 @@ def compile_for_topology(
     if bad:
         raise ValueError(f"unknown steps/impls {bad}; expected steps {STEPS}, impls {IMPLS}")
     validate(config, steps)
-    devices = tpu_devices(topology, num_slices=num_slices)
+    devices = target_devices(topology, num_slices=num_slices)
     name = topology if num_slices == 1 else f"{topology} x{num_slices}"
     reports = []
     for step in steps:
@@ -638,14 +741,36 @@ def _gib(n: float | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f}"
 
 
+def _fmt(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def _figures(r: StepReport) -> str:
+    """The figure columns of one compiled report's row."""
+    share = "" if not (r.conv_flops and r.flops) else f" ({100 * r.conv_flops / r.flops:.0f}%)"
+    pct = 100 * r.resident_bytes / r.hbm_bytes
+    calls = "-" if r.cudnn_convolutions is None else str(r.cudnn_convolutions)
+    coll = sum((r.collectives or {}).values())
+    return (
+        f"| {_gib(r.argument_bytes)} | {_gib(r.temp_bytes)} "
+        f"| {_gib(r.output_bytes - r.alias_bytes)} | {_gib(r.generated_code_bytes)} "
+        f"| {_gib(r.peak_bytes)} ({_gib(r.resident_bytes)}) / {_gib(r.hbm_bytes)} ({pct:.0f}%) "
+        f"| {_fmt(r.flops, 1e-9, '.1f')}{share} | {_fmt(r.bytes_accessed, 1e-9, '.2f')} "
+        f"| {_fmt(r.compute_s, 1e3, '.2f')} / {_fmt(r.memory_s, 1e3, '.2f')} "
+        f"| {_fmt(r.roofline_episodes_per_s, 1, '.0f')} | {calls} / {coll} "
+        f"| {r.lower_s:.1f} + {r.compile_s:.1f} |"
+    )
+
+
 def markdown_table(reports: Sequence[StepReport]) -> str:
-    """One row per report: memory per chip (GiB), FLOPs, roofline and compile time."""
+    """One row per report: memory per chip (GiB), FLOPs, roofline, library calls and
+    collectives, compile time."""
     head = (
         "| topology | chips (hosts) | step | impl | dtype | task | episodes/step "
-        "| args | temp | out - donated | code | peak (+ckpt copy) / HBM GiB per chip "
+        "| args | temp | out - donated | code | peak (+ckpt copy) / usable GiB per chip "
         "| GFLOP/chip (conv share) | GB accessed/chip | compute / memory roofline ms "
-        "| roofline episodes/s | lower + compile s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| roofline episodes/s | cuDNN convs / collectives | lower + compile s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for r in reports:
@@ -655,18 +780,9 @@ def markdown_table(reports: Sequence[StepReport]) -> str:
             f"| {r.episodes_per_step} "
         )
         if r.status != "compiled":
-            rows.append(lead + f"| {r.status}: {r.note} |" + " |" * 9)
+            rows.append(lead + f"| {r.status}: {r.note} |" + " |" * 10)
             continue
-        share = "" if not (r.conv_flops and r.flops) else f" ({100 * r.conv_flops / r.flops:.0f}%)"
-        pct = 100 * r.resident_bytes / r.hbm_bytes
-        rows.append(
-            lead + f"| {_gib(r.argument_bytes)} | {_gib(r.temp_bytes)} "
-            f"| {_gib(r.output_bytes - r.alias_bytes)} | {_gib(r.generated_code_bytes)} "
-            f"| {_gib(r.peak_bytes)} ({_gib(r.resident_bytes)}) / {_gib(r.hbm_bytes)} "
-            f"({pct:.0f}%) | {r.flops / 1e9:.1f}{share} | {r.bytes_accessed / 1e9:.2f} "
-            f"| {1e3 * r.compute_s:.2f} / {1e3 * r.memory_s:.2f} "
-            f"| {r.roofline_episodes_per_s:.0f} | {r.lower_s:.1f} + {r.compile_s:.1f} |"
-        )
+        rows.append(lead + _figures(r))
     return "\n".join(rows)
 
 
@@ -682,5 +798,22 @@ def chip_table() -> str:
             f"| {c.generation} | {c.device_kind} | {c.hbm_published} "
             f"| {c.hbm_usable_bytes / GiB:.2f} GiB | {c.hbm_bandwidth / 1e9:.0f} GB/s "
             f"| {c.peak_bf16_flops / 1e12:.0f} TFLOP/s | {c.source} |"
+        )
+    return "\n".join(rows)
+
+
+def gpu_table() -> str:
+    """The per-GPU figures used (Markdown)."""
+    rows = [
+        "| gpu | jax device_kind | memory (published) | usable (JAX's pool) | bandwidth "
+        "| peak bf16 / TF32 / fp32 | target config | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in gpus.GPUS.values():
+        rows.append(
+            f"| {g.name} | {g.device_kind} | {g.memory_published} "
+            f"| {g.usable_memory_bytes() / GiB:.2f} GiB | {g.hbm_bandwidth / 1e9:.0f} GB/s "
+            f"| {g.peak_bf16_flops / 1e12:.0f} / {g.peak_tf32_flops / 1e12:.0f} / "
+            f"{g.peak_f32_flops / 1e12:.1f} TFLOP/s | {g.xla_spec or '-'} | {g.source} |"
         )
     return "\n".join(rows)
