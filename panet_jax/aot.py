@@ -384,6 +384,7 @@ class StepReport:
     lower_s: float | None = None
     compile_s: float | None = None
     collectives: dict[str, int] | None = None  # kind -> count in the compiled program
+    collective_bytes: dict[str, int] | None = None  # kind -> bytes they produce per step
     custom_calls: dict[str, int] | None = None  # GPU: library calls (cuDNN, cuBLAS) -> count
     cudnn_convolutions: int | None = None  # GPU: convolutions handed to cuDNN
 
@@ -616,6 +617,7 @@ def _fill_cost(report: StepReport, config: ml_collections.ConfigDict, compiled: 
         report.conv_flops = float(per_image * images * report.per_device_batch)
     text = compiled.as_text()
     report.collectives = dict(hlo.collectives(text))
+    report.collective_bytes = dict(hlo.collective_bytes(text))
     if isinstance(target_spec(report.topology), gpus.GpuSpec):
         # cost_analysis() is not implemented for a GPU compiled without one: XLA's cost model
         # of the compiled module, the cuDNN convolutions counted exactly (panet_jax.aot.hlo).

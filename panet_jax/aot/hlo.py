@@ -81,6 +81,16 @@ def collectives(text: str) -> collections.Counter:
     return found
 
 
+def collective_bytes(text: str) -> collections.Counter:
+    """Bytes each kind of collective produces per step (e.g. the all-reduced gradients)."""
+    found: collections.Counter = collections.Counter()
+    for _, shape, opcode, _ in _instructions(text):
+        base = opcode.removesuffix("-done")  # an async pair's results are the done's shape
+        if base in COLLECTIVES and not opcode.endswith("-start"):
+            found[base] += shape_bytes(shape)
+    return found
+
+
 def custom_call_bytes(text: str) -> int:
     """Bytes the custom calls read and write: operands and results, less scratch buffers."""
     instructions = _instructions(text)
