@@ -161,6 +161,11 @@ GPU_ALIASES = {"a100": "a100-80g", "h100-sxm": "h100", "a100-80gb": "a100-80g",
 EXAMPLES = "h100:1x8, h100:2x8, a100-80g:1x8, a100-40g:1x8, h200:1x8, l4:1x1"
 
 
+def by_device_kind(device_kind: str) -> GpuSpec | None:
+    """The catalogue's GPU whose CUDA device name is ``device_kind`` (None if none is)."""
+    return next((g for g in GPUS.values() if g.device_kind == device_kind), None)
+
+
 def is_gpu_topology(name: str) -> bool:
     """Whether ``name`` names a GPU machine (its prefix is a GPU of the catalogue)."""
     prefix = name.strip().partition(":")[0].lower()
