@@ -134,6 +134,11 @@ def main(argv: list[str]) -> None:
     if FLAGS.json:
         _write_json(FLAGS.json, _payload(config, reports, targets, table))
         print(f"wrote {FLAGS.json}")
+    failed = [r for r in reports if r.status == "failed"]
+    for r in failed:
+        print(f"compile_for: error: {r.topology} {r.step} step: {r.note}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 def _roofline_note(spec) -> str:
@@ -143,8 +148,8 @@ def _roofline_note(spec) -> str:
     tail = "Gradient all-reduce and input feeding are not in the roofline."
     if isinstance(spec, aot.gpus.GpuSpec):
         return (
-            f"roofline at {spec.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, "
-            f"{spec.peak_tf32_flops / 1e12:.0f} TF32 (float32 convs at default precision; "
+            f"roofline at {spec.peak_bf16_flops / 1e12:.1f} TFLOP/s bf16, "
+            f"{spec.peak_tf32_flops / 1e12:.1f} TF32 (float32 convs at default precision; "
             f"{spec.peak_f32_flops / 1e12:.1f} fp32 at 'highest') and "
             f"{spec.hbm_bandwidth / 1e9:.0f} GB/s ({spec.source}); usable memory: the "
             f"{100 * aot.gpus.memory_fraction():.0f}% of the device's that JAX allocates from "

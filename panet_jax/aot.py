@@ -553,7 +553,8 @@ def _lower_and_compile(
     check_hbm: bool,
 ) -> tuple[Any, int] | None:
     """``(compiled, state bytes)``, or None with ``report.status='unsupported'`` (a pmap that
-    this slice cannot run); over-HBM configurations raise :class:`HBMExceededError`."""
+    this slice cannot run) or ``'failed'`` (XLA could not compile the step: the reason in
+    ``report.note``); over-HBM configurations raise :class:`HBMExceededError`."""
     available = usable_bytes(target_spec(report.topology))
     step, impl, topology = report.step, report.impl, report.topology
     lower, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
@@ -580,12 +581,38 @@ def _lower_and_compile(
             needed = _oom_bytes(str(e)) or arg_bytes
             raise refuse(needed, f"the compiler ({_first_line(e)})") from None
         if impl != "pmap":
-            raise
+            report.status, report.note = "failed", compile_failure(e)
+            return None
         report.status = "unsupported"
         report.note = f"jax.pmap does not compile for {topology}'s devices: {_first_line(e)}"
         return None
     report.lower_s, report.compile_s = t1 - t0, time.perf_counter() - t1
     return compiled, state_bytes
+
+
+# The first frame of XLA's "Suspected Python Code Location:" list: '<path>:<line>:<col> [<fn>]'.
+_WHERE = re.compile(
+    r"Suspected Python Code Location:\s*\n\s*\S*?(panet_jax/[\w/]+\.py:\d+)\S* \[(\w+)\]"
+)
+
+
+def compile_failure(error: BaseException, limit: int = 240) -> str:
+    """One line for an XLA compile error: its first line (cut at ``limit`` characters), the
+    model code it points at, and for XLA's GPU Triton GEMM tiling failures the flag that
+    avoids them."""
+    first = _first_line(error)
+    if len(first) > limit:
+        first = first[:limit] + " ..."
+    note = f"XLA could not compile it: {first}"
+    where = _WHERE.search(str(error))
+    if where:
+        note += f" (from {where.group(2)} at {where.group(1)})"
+    if "Couldn't find output tile sizes" in str(error):
+        note += (
+            "; XLA_FLAGS=--xla_gpu_enable_triton_gemm=false leaves such dots to cuBLAS (a GPU "
+            "compiles with autotuning, which a compile without one skips: try it there too)"
+        )
+    return note
 
 
 def _fill_memory(report: StepReport, compiled: Any, state_bytes: int) -> None:
@@ -815,7 +842,7 @@ def gpu_table() -> str:
         rows.append(
             f"| {g.name} | {g.device_kind} | {g.memory_published} "
             f"| {g.usable_memory_bytes() / GiB:.2f} GiB | {g.hbm_bandwidth / 1e9:.0f} GB/s "
-            f"| {g.peak_bf16_flops / 1e12:.0f} / {g.peak_tf32_flops / 1e12:.0f} / "
+            f"| {g.peak_bf16_flops / 1e12:.1f} / {g.peak_tf32_flops / 1e12:.1f} / "
             f"{g.peak_f32_flops / 1e12:.1f} TFLOP/s | {g.xla_spec or '-'} | {g.source} |"
         )
     return "\n".join(rows)
