@@ -1,7 +1,7 @@
 """COCO-20i with PANet's consecutive class blocks (``coco_split='interleaved'`` for later work).
 ``--config=configs/coco20i.py:fold=0,shot=5``."""
 
-from panet_jax.config_base import apply_arg, base_config, with_imagenet_weights
+from panet_jax.config import apply_arg, base_config, with_imagenet_weights
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ of its class as the support, one run with a fixed seed (HSNet: ``fix_randseed(0)
 split, supports random other images of the class.
 """
 
-from panet_jax.config_base import apply_arg, base_config, with_imagenet_weights
+from panet_jax.config import apply_arg, base_config, with_imagenet_weights
 
 
 def get_config(arg: str | None = None):

@@ -1,6 +1,6 @@
 """PASCAL-5i, the official PANet recipe. ``--config=configs/pascal5i.py:fold=0,shot=1[,encoder=resnet50]``."""
 
-from panet_jax.config_base import apply_arg, base_config, with_imagenet_weights
+from panet_jax.config import apply_arg, base_config, with_imagenet_weights
 
 
 def get_config(arg: str | None = None):

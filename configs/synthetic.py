@@ -4,14 +4,12 @@
 
 A 1/8-width VGG-16 (random init) on the set's native 128 px images, 1-way 1-shot, 3000 SGD
 steps of 4 episodes at 10x the paper's learning rate (x0.1 after 2250 steps), then the
-held-out fold's evaluation with a reduced protocol (2 runs x 200 episodes instead of 5 x 1000):
-test-fold mIoU ~61% (all-background: 0%), FB-IoU ~77% (all-background: ~44%). About 6 minutes
-on 2 CPU cores. Measured alternatives: 64 px ~49-51%, 96 px ~55% (~57% at lr 3e-2), width 1/4
-no better, 2000 steps ~56%. The paper recipe (ImageNet VGG-16, 417 px, lr 1e-3, 30k steps of
+held-out fold's evaluation with a reduced protocol (2 runs x 200 episodes instead of 5 x 1000),
+next to the all-background baseline; the figures are in the README's results. The paper recipe (ImageNet VGG-16, 417 px, lr 1e-3, 30k steps of
 one episode) is ``configs/pascal5i.py``. ``:runlocal`` shrinks everything for tests.
 """
 
-from panet_jax.config_base import apply_arg, base_config, parse_arg
+from panet_jax.config import apply_arg, base_config, parse_arg
 
 
 def get_config(arg: str | None = None):

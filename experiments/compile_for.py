@@ -32,15 +32,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib
 import dataclasses
-import importlib.metadata
 import json
-import platform
 import sys
 import tempfile
 from collections.abc import Iterator
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from panet_jax import cli, errors, files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -53,6 +53,7 @@ flags.DEFINE_list("steps", ["train", "eval"], "Steps to compile: train, eval.")
 flags.DEFINE_list("impls", ["shard_map", "pmap"], "Forms of the train step: shard_map, pmap.")
 flags.DEFINE_integer("num_slices", 1, "Slices of the topology in the job (multi-slice).")
 flags.DEFINE_string("json", None, "Write the reports as JSON here.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --json file.")
 flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -69,13 +70,6 @@ def quiet_native_stderr() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def run(config, topologies: list[str], steps: list[str], impls: list[str], num_slices: int):
@@ -105,26 +99,32 @@ def run(config, topologies: list[str], steps: list[str], impls: list[str], num_s
     return reports
 
 
-def _write_json(path: str, payload: dict) -> None:
-    """``payload`` as JSON at ``path`` (a temporary file renamed into place; the folder is
-    created)."""
-    from panet_jax import files
+def check_flags() -> None:
+    """Every flag checked before anything compiles (:class:`panet_jax.cli.FlagError`)."""
+    from panet_jax import aot
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    files.atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=True)
+    cli.require_choices(
+        "--topology", FLAGS.topology, None, "e.g. v5e:2x2,v5e:4x4,v4:2x2x4,h100:1x8,h100:2x8"
+    )
+    for topology in FLAGS.topology:
+        try:
+            aot.target_spec(topology)
+        except aot.TopologyError as e:
+            raise cli.FlagError(f"--topology: {e}") from None
+    cli.require_choices("--steps", FLAGS.steps, aot.STEPS)
+    cli.require_choices("--impls", FLAGS.impls, aot.IMPLS)
+    if FLAGS.num_slices < 1:
+        raise cli.FlagError(f"--num_slices={FLAGS.num_slices}: expected 1 or more")
+    if FLAGS.json:
+        files.check_new_output(FLAGS.json, FLAGS.overwrite, "--json")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from panet_jax import aot
 
+    check_flags()
     config = FLAGS.config
-    try:
-        reports = run(config, FLAGS.topology, FLAGS.steps, FLAGS.impls, FLAGS.num_slices)
-    except (aot.AOTError, ValueError, FileNotFoundError) as e:
-        print(f"compile_for: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    reports = run(config, FLAGS.topology, FLAGS.steps, FLAGS.impls, FLAGS.num_slices)
     table = aot.markdown_table(reports)
     targets = {r.generation: aot.target_spec(r.topology) for r in reports}
     print()
@@ -132,13 +132,12 @@ def main(argv: list[str]) -> None:
     for name, spec in sorted(targets.items()):
         print(f"\n{name}: {_roofline_note(spec)}")
     if FLAGS.json:
-        _write_json(FLAGS.json, _payload(config, reports, targets, table))
+        payload = _payload(config, reports, targets, table)
+        files.write_json(FLAGS.json, payload, overwrite=FLAGS.overwrite)
         print(f"wrote {FLAGS.json}")
-    failed = [r for r in reports if r.status == "failed"]
-    for r in failed:
-        print(f"compile_for: error: {r.topology} {r.step} step: {r.note}", file=sys.stderr)
+    failed = [f"{r.topology} {r.step} step: {r.note}" for r in reports if r.status == "failed"]
     if failed:
-        sys.exit(1)
+        raise errors.CommandFailed("; ".join(failed))
 
 
 def _roofline_note(spec) -> str:
@@ -164,10 +163,9 @@ def _roofline_note(spec) -> str:
 
 
 def _payload(config, reports, targets, table: str) -> dict:
-    """Everything for --json: command, versions, config, the targets' figures, reports."""
-    import jax
-
+    """Everything for --json: provenance, config, the targets' figures, reports, table."""
     from panet_jax import aot
+    from panet_jax.runtime.provenance import provenance
 
     def spec_dict(spec) -> dict:
         d = dataclasses.asdict(spec)
@@ -177,15 +175,7 @@ def _payload(config, reports, targets, table: str) -> dict:
         return d
 
     return {
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": _version("jaxlib"),
-            "libtpu": _version("libtpu"),
-            "jax_cuda12_plugin": _version("jax-cuda12-plugin"),
-            "python": platform.python_version(),
-        },
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **provenance(("libtpu", "jax-cuda12-plugin")),
         "config": json.loads(config.to_json()),
         "chips": {name: spec_dict(spec) for name, spec in targets.items()},
         "reports": [r.to_dict() for r in reports],
@@ -194,4 +184,4 @@ def _payload(config, reports, targets, table: str) -> dict:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

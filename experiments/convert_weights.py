@@ -21,11 +21,12 @@ import os
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.models.names import ENCODERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "vgg16-397923af.pth, Keras .h5, resnet50/101 .pth, or .npz")
 flags.DEFINE_string("output", None, "The .npz to write.")
-flags.DEFINE_enum("encoder", "vgg16", ["vgg16", "resnet50", "resnet101"], "Which encoder.")
+flags.DEFINE_enum("encoder", "vgg16", list(ENCODERS), "Which encoder.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 flags.mark_flags_as_required(["input", "output"])
 
@@ -41,26 +42,27 @@ def _check_output() -> None:
 
 
 def _summary_vgg(params) -> str:
-    from panet_jax import pretrained
+    from panet_jax.models.weights import vgg as vgg_weights
 
     lines = [f"{'layer':<8} {'kernel (HWIO)':<20} {'params':>10}"]
-    for name in pretrained.CONV_NAMES:
+    for name in vgg_weights.CONV_NAMES:
         k = params[name]["kernel"]
         lines.append(f"{name:<8} {tuple(k.shape)!s:<20} {k.size + params[name]['bias'].size:>10,}")
-    lines.append(f"{len(params)} convs, {pretrained.count_params(params):,} parameters")
+    lines.append(f"{len(params)} convs, {vgg_weights.count_params(params):,} parameters")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     import jax
 
-    from panet_jax import files, pretrained
-    from panet_jax.models import resnet_weights
+    from panet_jax import files
+    from panet_jax.models.weights import resnet as resnet_weights
+    from panet_jax.models.weights import vgg as vgg_weights
 
     _check_output()
     if FLAGS.encoder == "vgg16":
-        params = pretrained.load_pretrained(FLAGS.input)
-        save, summary = pretrained.save_npz, _summary_vgg(params)
+        params = vgg_weights.load_pretrained(FLAGS.input)
+        save, summary = vgg_weights.save_npz, _summary_vgg(params)
     else:
         depth = int(FLAGS.encoder.removeprefix("resnet"))
         params = resnet_weights.load_pretrained_resnet(FLAGS.input, depth)

@@ -73,7 +73,7 @@ def output_names(queries: list[str]) -> list[str]:
 
 def _check_flags() -> tuple[int, int] | None:
     """Validate the flags that need no file; return the ``--image_size`` override."""
-    from panet_jax import predictor
+    from panet_jax.inference import predictor
 
     if not FLAGS.support:
         raise ValueError("--support: give 1 to 5 supports as IMAGE:MASK")
@@ -89,7 +89,8 @@ def _check_flags() -> tuple[int, int] | None:
 def main(argv: list[str]) -> None:
     import numpy as np
 
-    from panet_jax import predictor, visualize
+    from panet_jax.evaluation import overlays
+    from panet_jax.inference import predictor
 
     image_size = _check_flags()
     supports = [split_support(s) for s in FLAGS.support]
@@ -114,15 +115,15 @@ def main(argv: list[str]) -> None:
         step=FLAGS.step,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    palette = [(0, 0, 0), visualize.label_color(1)]
+    palette = [(0, 0, 0), overlays.label_color(1)]
     for query, mask, (mask_path, overlay_path) in zip(FLAGS.query, masks, targets, strict=True):
         image = predictor.load_image(query, query)
         if FLAGS.mask_format == "palette":
-            visualize.save_png(mask, mask_path, overwrite=FLAGS.overwrite, palette=palette)
+            overlays.save_png(mask, mask_path, overwrite=FLAGS.overwrite, palette=palette)
         else:
-            visualize.save_png(mask * np.uint8(255), mask_path, overwrite=FLAGS.overwrite)
-        visualize.save_png(
-            visualize.overlay(image, mask, FLAGS.alpha), overlay_path, overwrite=FLAGS.overwrite
+            overlays.save_png(mask * np.uint8(255), mask_path, overwrite=FLAGS.overwrite)
+        overlays.save_png(
+            overlays.overlay(image, mask, FLAGS.alpha), overlay_path, overwrite=FLAGS.overwrite
         )
         print(f"{query}: {mask.shape[1]}x{mask.shape[0]}, {100 * mask.mean():.1f}% object -> "
               f"{mask_path}, {overlay_path}")  # fmt: skip

@@ -29,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
 
-    from panet_jax import trainer
+    from panet_jax.train import trainer
 
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     scalars = {k: v for k, v in result.items() if isinstance(v, bool | int | float | str)}

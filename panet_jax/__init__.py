@@ -16,8 +16,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "predict": ("panet_jax.predictor", "predict"),
-    "load_model": ("panet_jax.loading", "load_model"),
+    "predict": ("panet_jax.inference.predictor", "predict"),
+    "load_model": ("panet_jax.inference.loading", "load_model"),
     "make_episode": ("panet_jax.data.episodes", "make_episode"),
 }
 __all__ = sorted(_LAZY)

@@ -1,15 +1,15 @@
 """How every entry point fails: one or two lines that name the file, flag or key, exit 1.
 
-Expected errors (bad input, bad config, bad or missing files, a full disk, permissions, a
-diverged run) are the interface of a command-line tool, not bugs: their message is printed as
-``<program>: error: <message>`` without a traceback. ``--verbose`` (or ``PANET_VERBOSE=1``)
-re-raises them with the traceback, for bug reports.
+Expected errors (:mod:`panet_jax.errors`: bad input, bad config, bad or missing files, a full
+disk, permissions, an image too large, a diverged run) are the interface of a command-line
+tool, not bugs: their message is printed as ``<program>: error: <message>`` without a
+traceback, which goes to the log at debug level. ``--verbose`` (or ``PANET_VERBOSE=1``)
+re-raises them with the traceback, for bug reports. Every command runs through :func:`run`.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -17,13 +17,13 @@ from typing import Any
 
 from absl import app, flags
 from absl import logging as absl_logging
+from PIL import Image
+
+from panet_jax import errors
 
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of an error (for bug reports).")
 
-# ValueError: bad input / config; OSError: files, disk, permissions (FileNotFoundError,
-# FileExistsError, PermissionError...); FloatingPointError: a diverged run; ImportError: an
-# optional dependency that is not installed.
-EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+
 MAX_LINES = 6  # a message that lists several items (keys, files) may take a few lines
 
 
@@ -33,23 +33,50 @@ class FlagError(ValueError):
     exit_code = 2
 
 
+def require_choices(
+    flag: str, values: list[str] | None, accepted: tuple[str, ...] | None, example: str = ""
+) -> None:
+    """:class:`FlagError` for an empty list of things to do, or one naming an unknown item
+    (``accepted=None``: any non-empty item is fine)."""
+    items = [v.strip() for v in values or [] if v.strip()]
+    expected = f"one or more of {', '.join(accepted)}" if accepted else f"a list ({example})"
+    if not items:
+        raise FlagError(f"{flag} is empty: nothing to do; expected {expected}")
+    unknown = [v for v in items if accepted and v not in accepted]
+    if unknown:
+        raise FlagError(f"{flag}: unknown {', '.join(map(repr, unknown))}; expected {expected}")
+
+
 def verbose() -> bool:
     """Whether tracebacks were asked for (``--verbose`` or ``PANET_VERBOSE=1``)."""
     parsed = flags.FLAGS.is_parsed() and flags.FLAGS["verbose"].value
     return bool(parsed) or os.environ.get("PANET_VERBOSE", "") not in ("", "0")
 
 
+_TRACEBACK = "Traceback (most recent call last):"
 _CONFIG_NOT_LOADED = "Configuration is not available because of an earlier failure to load"
 
 
 def error_message(e: BaseException) -> str:
     """The user-facing text of an expected error (a full disk and permissions spelled out)."""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.strerror:  # a bare OS error
-        where = f" writing {e.filename!r}" if e.filename else ""
-        return f"no space left on the device{where}; free some space and run again"
-    if isinstance(e, PermissionError):
-        return f"permission denied: {e.filename or e}"
+    code = errors.resource_error(e)
+    bare = getattr(e, "strerror", None) or not isinstance(e, errors.EXPECTED_ERRORS)
+    if code is not None and bare:
+        # a bare OS error, or a library's error caused by one: say what the user can act on
+        where = f": {e.filename!r}" if isinstance(e, OSError) and e.filename else ""
+        cause = "" if isinstance(e, OSError) else f" ({errors.first_line(e)})"
+        advice = "free some space" if code in (errno.ENOSPC, errno.EDQUOT) else "fix it"
+        return f"{errors.RESOURCE_ERRNOS[code]}{where}{cause}; {advice} and run again"
+    if isinstance(e, Image.DecompressionBombError):
+        return f"an image is too large to decode safely: {errors.first_line(e)}"
+    if isinstance(e, MemoryError):
+        return "out of memory: use smaller images, a smaller batch or fewer shots"
     text = str(e) or type(e).__name__
+    if _TRACEBACK in text:  # a library that put a traceback in its message: keep its last line
+        head = text.split(_TRACEBACK)[0].strip().rstrip(":").strip()
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+        last = last.split(": ", 1)[-1] if last.split(":", 1)[0].endswith("Error") else last
+        text = f"{head}: {last}" if head else last
     if text.startswith(_CONFIG_NOT_LOADED):  # ml_collections: the --config file failed to load
         cause = text.strip().splitlines()[-1].strip()
         return f"--config: the config file could not be loaded: {cause}"
@@ -61,7 +88,8 @@ def error_message(e: BaseException) -> str:
 
 def fail(program: str, e: BaseException) -> None:
     """Print ``program: error: message`` on stderr and exit with status 1 (2 for a
-    :class:`FlagError`)."""
+    :class:`FlagError`); the traceback goes to the log at debug level."""
+    absl_logging.debug("%s failed", program, exc_info=e)
     print(f"{program}: error: {error_message(e)}", file=sys.stderr, flush=True)
     sys.exit(getattr(e, "exit_code", 1))
 
@@ -70,24 +98,12 @@ def guarded(program: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     """``fn(*args, **kwargs)``, turning an expected error into :func:`fail` unless verbose."""
     try:
         return fn(*args, **kwargs)
-    except EXPECTED_ERRORS as e:
-        if verbose():
+    except Exception as e:
+        if verbose() or not errors.is_expected(e):
             raise
         fail(program, e)
 
 
-def quiet_orbax(record: logging.LogRecord) -> bool:
-    """Logging filter: drop orbax's per-save / per-restore INFO chatter, its notice that a
-    read-only checkpoint directory is read only, and the tracebacks its background threads
-    log for a failed save (the same failure is raised in the main thread and reported there
-    in one line); keep its other warnings and errors."""
-    if f"{os.sep}clu{os.sep}asynclib" in record.pathname:  # the writer's error, raised later
-        return not record.exc_info
-    if f"{os.sep}orbax{os.sep}" not in record.pathname:
-        return True
-    if record.exc_info or record.levelno < logging.WARNING:
-        return False
-    return "is read only" not in record.getMessage()
 
 
 def flag_error_message(e: BaseException) -> str:
@@ -110,7 +126,6 @@ def run(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with the error policy above (the program name from argv[0]); a
     flag or config-file error is reported the same way, with exit status 2."""
     program = os.path.basename(sys.argv[0]) or "panet_jax"
-    absl_logging.get_absl_logger().addFilter(quiet_orbax)
 
     def parse_flags(argv: list[str]) -> list[str]:
         try:

@@ -12,10 +12,12 @@ Without ``overwrite`` an existing destination is never replaced, even by a concu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 TEMP_PREFIX = ".tmp-"  # temporary files of unfinished writes (removed on failure)
 
@@ -71,3 +73,28 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, overwrite: bool 
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str) -> None:
+    """Before any work: ``FileExistsError`` naming ``flag`` when ``path`` exists and not
+    ``overwrite``, or when its folder is a file."""
+    dest = Path(path)
+    if dest.is_dir():
+        raise FileExistsError(f"{flag}={os.fspath(dest)!r} is a directory; expected a file path")
+    if dest.exists() and not overwrite:
+        raise FileExistsError(
+            f"{flag}={os.fspath(dest)!r} exists; refusing to overwrite it (pass --overwrite "
+            "to replace it, or choose another path)"
+        )
+    for parent in dest.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"{flag}: {os.fspath(parent)!r} is a file, not a folder")
+            break
+
+
+def write_json(path: str | os.PathLike, payload: Any, *, overwrite: bool = False) -> Path:
+    """``payload`` as indented JSON at ``path`` (its folder created), via :func:`atomic_write`:
+    refuses an existing file unless ``overwrite``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return atomic_write(path, json.dumps(payload, indent=2) + "\n", overwrite=overwrite)

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from panet_jax.data.spec import IGNORE_LABEL
+
 Array = jax.Array
 
-IGNORE_LABEL = 255
 MAP_EPS = 1e-5  # masked-average-pooling denominator epsilon (official getFeatures / alignLoss)
 COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity default
 DEFAULT_SCALE = 20.0  # the paper's alpha

@@ -22,6 +22,8 @@ import importlib.util
 import os
 from typing import Any
 
+from panet_jax.aot.chips import AOTError, TopologyError
+
 GiB = 2**30
 # JAX's GPU client preallocates this share of the device's memory and allocates every buffer
 # from that pool (https://docs.jax.dev/en/latest/gpu_memory_allocation.html); the user can
@@ -173,18 +175,18 @@ def is_gpu_topology(name: str) -> bool:
 
 
 def parse(name: str) -> tuple[GpuSpec, int, int]:
-    """``'h100:2x8'`` -> ``(GPUS['h100'], 2 hosts, 8 GPUs per host)``; ``ValueError`` naming
-    the expected form otherwise."""
+    """``'h100:2x8'`` -> ``(GPUS['h100'], 2 hosts, 8 GPUs per host)``; :class:`TopologyError`
+    naming the expected form otherwise."""
     prefix, sep, shape = name.strip().partition(":")
     gpu = GPUS.get(GPU_ALIASES.get(prefix.lower(), prefix.lower()))
     if gpu is None or not sep:
-        raise ValueError(
+        raise TopologyError(
             f"GPU machine {name!r}: expected <gpu>:<hosts>x<gpus per host> with gpu one of "
             f"{sorted(GPUS)} (e.g. {EXAMPLES})"
         )
     parts = shape.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(
+        raise TopologyError(
             f"GPU machine {name!r}: the shape is <hosts>x<gpus per host> (e.g. {EXAMPLES})"
         )
     return gpu, int(parts[0]), int(parts[1])
@@ -195,7 +197,7 @@ def topology_string(hosts: int, per_host: int) -> str:
     return f"1x{hosts}x{per_host}"
 
 
-class CudaPluginError(RuntimeError):
+class GPUUnavailableError(AOTError, ImportError):
     """JAX's CUDA plugin is not installed, or did not load in this process."""
 
 
@@ -223,12 +225,12 @@ def _prepare_plugin() -> None:
 def gpu_devices(name: str) -> list[Any]:
     """The (compile-only) devices of GPU machine ``name`` (:func:`parse`); no GPU needed.
 
-    Raises :class:`CudaPluginError` without the CUDA plugin (saying what to install) or
+    Raises :class:`GPUUnavailableError` without the CUDA plugin (saying what to install) or
     when it did not load in this process.
     """
     gpu, hosts, per_host = parse(name)
     if not any(_has(p) for p in CUDA_PLUGINS):
-        raise CudaPluginError(
+        raise GPUUnavailableError(
             "GPU ahead-of-time compilation needs JAX's CUDA plugin, which is not installed: run "
             f"{INSTALL} (no GPU is needed, it compiles on this machine)"
         )
@@ -242,7 +244,7 @@ def gpu_devices(name: str) -> list[Any]:
             topology=topology_string(hosts, per_host),
         )
     except NotImplementedError:
-        raise CudaPluginError(
+        raise GPUUnavailableError(
             "JAX's CUDA plugin is installed but did not load in this process (JAX started its "
             "backends first and the plugin's GPU check failed): set JAX_PLATFORMS=cpu before "
             "importing jax"

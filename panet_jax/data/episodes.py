@@ -38,6 +38,18 @@ def support_masks(labels: Any, class_ids: Any, xp: Any = np) -> tuple[Any, Any]:
     return fg, xp.logical_not(in_episode)
 
 
+def binary_mask_labels(mask: Any, class_id: Any, xp: Any = np) -> Any:
+    """A binary (FSS-1000) mask as dataset labels: ``1`` -> ``class_id`` (the image's one
+    class), anything else 0. ``xp``: ``numpy`` or ``tensorflow`` (``class_id`` then already
+    of the mask's dtype)."""
+    return xp.where(mask == 1, class_id, 0)
+
+
+def has_binary_masks(metadata: Any) -> bool:
+    """Whether a prepared dataset's masks are binary (its ``metadata['mask_encoding']``)."""
+    return (metadata or {}).get("mask_encoding") == "binary"
+
+
 def query_label_map(labels: Any, class_ids: Any, xp: Any = np) -> Any:
     """Official ``fewShot`` query label: ``[..., H, W]`` raw labels -> episode labels (0 bg,
     ``n + 1`` for way ``n``, 255 ignore). ``class_ids``: ``[N]`` with a static length."""

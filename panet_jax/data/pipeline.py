@@ -34,7 +34,6 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 import tensorflow_datasets as tfds
 
-from panet_jax import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 from panet_jax.data import episodes, official_sampler, preprocess, raw_labels, weak
 from panet_jax.data.builders import BUILDER_OF_DATASET, load_prepared
 from panet_jax.data.official_sampler import OfficialEpisode
@@ -45,6 +44,7 @@ from panet_jax.data.sampler import (  # noqa: F401 (EpisodeConfig etc. are this 
     EpisodeSampler,
     SplitIndex,
 )
+from panet_jax.runtime import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 
 
 def split_index(builder: tfds.core.DatasetBuilder, split: str) -> SplitIndex:
@@ -70,7 +70,7 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
 
-def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+def tf_resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     """``[h, w, 3]`` uint8 -> ``[H, W, 3]`` float32 in [0, 255], like PIL ``BILINEAR`` resize.
 
     PIL's bilinear filter is antialiased when shrinking (triangle filter widened by the scale),
@@ -111,7 +111,7 @@ class _Episodes:
         self.records = builder.as_data_source(
             self.cfg.resolved_split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
         )
-        self.binary_masks = (builder.info.metadata or {}).get("mask_encoding") == "binary"
+        self.binary_masks = episodes.has_binary_masks(builder.info.metadata)
         self.weak = self.cfg.support_annotation != "dense"
         skip = ["image"] if self.weak else ["image", "instances", "scribble"]
         self.decoders = {k: tfds.decode.SkipDecoding() for k in skip}
@@ -143,8 +143,8 @@ class _Episodes:
             ex = self.features.deserialize_example(raw[i], decoders=self.decoders)
             mask = resize_label(ex["mask"], size)
             if self.binary_masks:  # FSS-1000: 0/1 masks, one class per image
-                mask = tf.where(mask == 1, tf.cast(ex["classes"][0], mask.dtype), 0)
-            maps = {"image": resize_image(decode_image(ex["image"]), size), "mask": mask}
+                mask = episodes.binary_mask_labels(mask, tf.cast(ex["classes"][0], mask.dtype), tf)
+            maps = {"image": tf_resize_image(decode_image(ex["image"]), size), "mask": mask}
             if self.weak:
                 maps["instances"] = resize_label(ex["instances"], size)
                 maps["scribble"] = resize_label(ex["scribble"], size)

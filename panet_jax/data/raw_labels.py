@@ -30,14 +30,14 @@ class RawMasks:
     def __init__(self, builder: tfds.core.DatasetBuilder, split: str) -> None:
         skip = {k: tfds.decode.SkipDecoding() for k in ("image", "instances", "scribble")}
         self.source = builder.as_data_source(split, decoders=skip)
-        self.binary = (builder.info.metadata or {}).get("mask_encoding") == "binary"
+        self.binary = episodes.has_binary_masks(builder.info.metadata)
 
     def label(self, i: int) -> np.ndarray:
         """``[H0, W0]`` int64 dataset class ids (255 = ignore) of example ``i``."""
         ex = self.source[int(i)]
         mask = np.asarray(ex["mask"])[..., 0].astype(np.int64)
         if self.binary:  # FSS-1000: 0/1 mask of the image's one class (as the pipeline)
-            mask = np.where(mask == 1, int(ex["classes"][0]), 0)
+            mask = episodes.binary_mask_labels(mask, int(ex["classes"][0]))
         return mask
 
     def pixel_counts(self, i: int) -> dict[int, int]:

@@ -46,7 +46,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree, shortest_path
 from scipy.special import comb
 
-from panet_jax.data import spec
+from panet_jax.data import episodes, spec
 
 __all__ = [
     "background_scribble",
@@ -475,15 +475,15 @@ def episode_support_masks(
     """
     rng = np.random.default_rng(int(seed))
     n_ways, n_shots = labels.shape[:2]
+    dense_fg, dense_bg = episodes.support_masks(labels, np.asarray(class_ids))
     fg = np.zeros(labels.shape, np.float32)
     bg = np.zeros(labels.shape, np.float32)
     for n in range(n_ways):
         for k in range(n_shots):
-            lab = labels[n, k]
             f, g = weak_support_masks(
                 mode,
-                lab == class_ids[n],
-                ~np.isin(lab, class_ids),
+                dense_fg[n, k],
+                dense_bg[n, k],
                 instances=instances[n, k],
                 scribble_png=scribbles[n, k] if has_scribble[n, k] else None,
                 scribble_pick=None if scribble_picks is None else int(scribble_picks[n, k]),

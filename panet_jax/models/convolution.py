@@ -50,12 +50,16 @@ def _kernel_grad_stacked(x: Array, g: Array, w: Array, dilation, precision) -> A
     return jax.vjp(lambda k: _conv(tall_x, k, valid, dilation, precision), w)[1](tall_g)[0]
 
 
+def same_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """``(before, after)`` padding of one axis that keeps its size at stride 1: PyTorch's
+    ``padding = dilation * (kernel - 1) // 2`` for odd kernels (the only ones used here)."""
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
 def _same_padding(kernel_shape, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Padding that keeps H x W at stride 1: ``dilation * (k - 1)`` split as PyTorch's odd k."""
-    return tuple(
-        (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
-        for k, d in zip(kernel_shape[:2], dilation, strict=True)
-    )
+    """:func:`same_padding` of both spatial axes of an HWIO kernel."""
+    return tuple(same_padding(k, d) for k, d in zip(kernel_shape[:2], dilation, strict=True))
 
 
 def conv_same(x: Array, w: Array, dilation: tuple[int, int], precision: Any = None) -> Array:

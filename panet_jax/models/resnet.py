@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from panet_jax.models.convolution import conv_general_dilated
+from panet_jax.models.convolution import conv_general_dilated, same_padding
 from panet_jax.models.pooling import max_pool_3x3
 from panet_jax.models.vgg import output_size as _vgg_output_size
 from panet_jax.models.vgg import scaled_channels
@@ -101,13 +101,13 @@ def _conv(
     param_dtype: Any,
     name: str,
 ) -> nn.Conv:
-    """A bias-free conv with torchvision's padding ``dilation * (kernel - 1) // 2``."""
-    pad = dilation * (kernel - 1) // 2
+    """A bias-free conv with torchvision's padding (:func:`same_padding`, any stride)."""
+    pad = same_padding(kernel, dilation)
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
+        padding=(pad, pad),
         conv_general_dilated=conv_general_dilated,
         kernel_dilation=(dilation, dilation),
         use_bias=False,

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from panet_jax.models.convolution import conv_general_dilated
+from panet_jax.models.convolution import conv_general_dilated, same_padding
 from panet_jax.models.pooling import max_pool_3x3
 
 # (name, output channels, dilation) in torchvision ``features`` order.
@@ -101,7 +101,7 @@ class VGG16Encoder(nn.Module):
             x = nn.Conv(
                 out_ch,
                 (3, 3),
-                padding=((dil, dil), (dil, dil)),
+                padding=(same_padding(3, dil),) * 2,
                 kernel_dilation=(dil, dil),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,

@@ -20,9 +20,11 @@ import sys
 import jax
 import pytest
 
-from panet_jax import aot, train_state
+from panet_jax import aot
+from panet_jax.aot import compile as aot_compile
 from panet_jax.aot import gpus, hlo
 from panet_jax.models.vgg import layer_shapes
+from panet_jax.train.state import abstract_train_state
 
 
 def _has(module: str) -> bool:
@@ -102,7 +104,7 @@ def test_eight_gpus_all_reduce_the_gradients_in_both_forms(eight_gpus):
     cuDNN calls, and all-reduces carrying at least every parameter's gradient."""
     cfg, (sm, pm) = eight_gpus
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-        train_state.abstract_train_state(cfg).params))  # fmt: skip
+        abstract_train_state(cfg).params))  # fmt: skip
     for r in (sm, pm):
         assert r.status == "compiled", r.note
         assert (r.chips, r.hosts, r.episodes_per_step) == (8, 1, 8)
@@ -120,7 +122,7 @@ def test_gpu_memory_matches_the_cpu_compile_of_the_same_step(one_gpu):
     same state. The temporaries differ by design (cuDNN vs XLA:CPU convolution forms, other
     fusions), within a factor of 3 at this size."""
     cfg, (train, _) = one_gpu
-    lower, _, _ = aot._lowerable(cfg, "train", "shard_map", jax.devices("cpu")[:1])
+    lower, _, _ = aot_compile._lowerable(cfg, "train", "shard_map", jax.devices("cpu")[:1])
     cpu = lower().compile().memory_analysis()
     assert train.argument_bytes == cpu.argument_size_in_bytes
     assert train.output_bytes == cpu.output_size_in_bytes
@@ -181,7 +183,7 @@ def test_cli_two_hosts_json_with_jax_platforms_empty(tmp_path):
     assert r["cudnn_convolutions"] > 0 and r["fits"] is True and r["flops"] > 0
     assert r["hbm_bytes"] == data["chips"]["h100"]["usable_memory_bytes"]
     assert data["chips"]["h100"]["device_memory_size"] == H100.device_memory_size
-    assert data["versions"]["jax_cuda12_plugin"]
+    assert data["versions"]["jax-cuda12-plugin"]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the CUDA plugin is installed here")
@@ -189,7 +191,7 @@ def test_cli_without_the_plugin_says_what_to_install():
     proc = _cli("--config=configs/synthetic.py:runlocal", "--topology=h100:1x8")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
-    assert last.startswith("compile_for: error: GPU ahead-of-time compilation needs"), last
+    assert last.startswith("compile_for.py: error: GPU ahead-of-time compilation needs"), last
     assert 'pip install -e ".[cuda]"' in last
 
 
@@ -212,7 +214,7 @@ def test_gpu_names_and_catalogue():
     assert aot.target_spec("a100-40g:1x8").device_memory_size == 42331013120
     assert not gpus.is_gpu_topology("v5e:4x4") and aot.target_spec("v5e:4x4").generation == "v5e"
     with pytest.raises(aot.TopologyError, match="h100:1x8"):
-        aot.parse_topology("x100:1x8")  # the TPU error names the GPU machines too
+        aot.target_spec("x100:1x8")  # an unknown name: the error names the GPU machines too
     with pytest.raises(aot.TopologyError):
         aot.target_devices("h100:1x8", num_slices=2)
     for g in gpus.GPUS.values():

@@ -26,11 +26,11 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from panet_jax import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 from panet_jax.data.builders.coco import Coco20i
 from panet_jax.data.builders.fss1000 import Fss1000
 from panet_jax.data.builders.synthetic import SyntheticFss
 from panet_jax.data.builders.voc import PascalVocAug
+from panet_jax.runtime import tf_support  # noqa: F401 (hides the GPUs from TensorFlow)
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "pascal_voc_aug": PascalVocAug,

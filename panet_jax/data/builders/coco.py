@@ -26,7 +26,6 @@ import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from panet_jax.data.builders import common
 
@@ -81,18 +80,12 @@ def semantic_masks(coco, image_id: int, cat_index: dict[int, int]) -> tuple:
     return mask, instances
 
 
-class Coco20i(tfds.core.GeneratorBasedBuilder):
+class Coco20i(common.ProjectBuilder):
     """COCO 2014 semantic masks (80 classes) for COCO-20i; splits ``train``, ``val``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which is
-    # not installed on Python >= 3.9 (its own requirement is only for < 3.9).
-    code_path = epath.Path(__file__)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
+    HOMEPAGE = "https://cocodataset.org"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(self, description=__doc__, homepage="https://cocodataset.org")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         root = os.fspath(dl_manager.manual_dir)

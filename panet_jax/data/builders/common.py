@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import inspect
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 METADATA_FORMAT = 1
@@ -75,6 +78,26 @@ def dataset_info(
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
     )
+
+
+class ProjectBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """What every builder of this project shares: version 1.0.0, the common features in file
+    order (:func:`dataset_info`, the subclass module's docstring as description) and a code
+    path TFDS can read."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
+    HOMEPAGE = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which
+        # is not installed on Python >= 3.9 (its own requirement is only for < 3.9).
+        cls.code_path = epath.Path(inspect.getfile(cls))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        doc = sys.modules[type(self).__module__].__doc__ or ""
+        return dataset_info(self, description=doc, homepage=self.HOMEPAGE)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

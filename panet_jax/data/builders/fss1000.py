@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
 
 from panet_jax.data.builders import common
@@ -372,20 +371,12 @@ def load_example(
     return example, bool(mask.any())
 
 
-class Fss1000(tfds.core.GeneratorBasedBuilder):
+class Fss1000(common.ProjectBuilder):
     """FSS-1000 with binary masks and one class id per image; splits train, val, test."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which is
-    # not installed on Python >= 3.9 (its own requirement is only for < 3.9).
-    code_path = epath.Path(__file__)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
+    HOMEPAGE = "https://github.com/HKUSTCV/FSS-1000"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(
-            self, description=__doc__, homepage="https://github.com/HKUSTCV/FSS-1000"
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         manual_dir = os.fspath(dl_manager.manual_dir)

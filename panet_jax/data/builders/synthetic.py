@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image, ImageDraw
 
 from panet_jax.data.builders import common
@@ -180,14 +179,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     ignore_boundary: bool = True
 
 
-class SyntheticFss(tfds.core.GeneratorBasedBuilder):
+class SyntheticFss(common.ProjectBuilder):
     """Procedural 20-class few-shot segmentation set; splits ``train`` and ``test``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which is
-    # not installed on Python >= 3.9 (its own requirement is only for < 3.9).
-    code_path = epath.Path(__file__)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
     BUILDER_CONFIGS = [  # noqa: RUF012
         SyntheticConfig(
             name="default",
@@ -207,8 +201,6 @@ class SyntheticFss(tfds.core.GeneratorBasedBuilder):
         ),
     ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(self, description=__doc__)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # nothing to download

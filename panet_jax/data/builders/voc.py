@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from panet_jax.data.builders import common
 
@@ -123,22 +122,12 @@ def load_example(root: str, image_id: str) -> dict:
     )
 
 
-class PascalVocAug(tfds.core.GeneratorBasedBuilder):
+class PascalVocAug(common.ProjectBuilder):
     """VOC2012 + SBD (``SegmentationClassAug``) for PASCAL-5i; splits ``trainaug``, ``val``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which is
-    # not installed on Python >= 3.9 (its own requirement is only for < 3.9).
-    code_path = epath.Path(__file__)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(
-            self,
-            description=__doc__,
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         root = find_root(dl_manager.manual_dir)

@@ -1,0 +1,278 @@
+"""Segmenting a user's own images with a trained PANet: ``panet_jax.predict`` (1-way, 1-5 shots).
+
+    import panet_jax
+    masks = panet_jax.predict("workdir/", ["cat1.jpg"], ["cat1.png"], ["q1.jpg", "q2.jpg"])
+
+``experiments/segment.py`` runs this same function. Given a training workdir (or checkpoint
+directory), the run's config decides how the model sees the images (``data.image_size``,
+``model.width``, ``model.dtype``, ``model.scale``); explicit arguments override it.
+Preprocessing is the official evaluation one (:mod:`panet_jax.data.preprocess`): resize to
+``image_size`` without keeping the aspect ratio (PIL bilinear; masks nearest), ImageNet
+normalisation. Support foreground = the mask; support background = the rest of the support
+image (the official 1-way rule). The query's low-resolution scores are upsampled bilinearly
+(PyTorch ``align_corners=False``) straight to the query's *original* size and thresholded
+(foreground where its score beats the background's: the 2-class argmax). Prototypes are
+computed once and shared by all queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from panet_jax import ops
+from panet_jax.config import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+from panet_jax.data import preprocess
+from panet_jax.inference.user_images import ImageInput, PathLike, describe, load_image, load_mask
+from panet_jax.model import PANet
+
+MAX_SUPPORTS = 5
+DEFAULT_IMAGE_SIZE = (417, 417)  # the official input size, for weights without a run config
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """How the model sees the images: resolved from a run config and explicit arguments."""
+
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    width: float | None = None  # None: inferred from the params
+    encoder: str | None = None  # None: recognised from the params
+    dtype: str = "float32"
+    scale: float = ops.DEFAULT_SCALE
+
+
+def check_image_size(image_size: Any, name: str = "image_size") -> tuple[int, int]:
+    """``(H, W)`` ints within ``[MIN_IMAGE_SIDE, MAX_IMAGE_SIDE]``, or ``ValueError``."""
+    try:
+        h, w = (int(v) for v in image_size)
+        exact = all(float(v) == int(v) for v in image_size)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected (height, width), got {image_size!r}") from e
+    if not exact or not (MIN_IMAGE_SIDE <= min(h, w) and max(h, w) <= MAX_IMAGE_SIDE):
+        raise ValueError(
+            f"{name}: expected integer (height, width) between {MIN_IMAGE_SIDE} and "
+            f"{MAX_IMAGE_SIDE}, got {image_size!r}"
+        )
+    return h, w
+
+
+def resolve_settings(
+    source: Mapping[str, Any] | PathLike,
+    *,
+    image_size: Sequence[int] | None = None,
+    width: float | None = None,
+    dtype: str | None = None,
+    scale: float | None = None,
+) -> ModelSettings:
+    """The settings of ``source``'s training run (when it is a workdir / checkpoint), overridden
+    by the explicit arguments that are not None."""
+    from panet_jax.inference import loading
+
+    run: dict[str, Any] = {}
+    if isinstance(source, (str, os.PathLike)) and not loading.is_weight_file(source):
+        config = loading.load_run_config(source)
+        run = {
+            "image_size": tuple(int(v) for v in config.data.image_size),
+            "width": float(config.model.width),
+            "encoder": str(config.model.encoder),
+            "dtype": str(config.model.dtype),
+            "scale": float(config.model.scale),
+        }
+    given = {"image_size": image_size, "width": width, "dtype": dtype, "scale": scale}
+    merged = {**run, **{k: v for k, v in given.items() if v is not None}}
+    settings = ModelSettings(**merged)
+    check_image_size(settings.image_size)
+    if not (np.isfinite(settings.scale) and settings.scale > 0):
+        raise ValueError(f"scale: expected a positive number, got {settings.scale!r}")
+    return dataclasses.replace(settings, image_size=tuple(int(v) for v in settings.image_size))
+
+
+def _as_list(x: Any, name: str, single_ndim: tuple[int, ...]) -> list:
+    """One input (a path, or an array whose ndim is in ``single_ndim``) or a sequence of them
+    (a list, or an array stacked along axis 0) -> a list."""
+    if isinstance(x, (str, os.PathLike)):
+        return [x]
+    if isinstance(x, np.ndarray):
+        return [x] if x.ndim in single_ndim else list(x)
+    if x is None:
+        return []
+    try:
+        return list(x)
+    except TypeError as e:
+        raise ValueError(f"{name}: expected a file path, an array or a list of them") from e
+
+
+def load_supports(
+    support_images: ImageInput | Sequence[ImageInput],
+    support_masks: ImageInput | Sequence[ImageInput],
+    image_size: tuple[int, int],
+    mask_value: int | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [K, H, W, 3] normalised float32, fg [K, H, W] float32)`` at ``image_size``;
+    ``ValueError`` naming the input that is missing, unreadable, mismatched or degenerate."""
+    images_in = _as_list(support_images, "support_images", (2, 3))
+    masks_in = _as_list(support_masks, "support_masks", (2,))
+    if not 1 <= len(images_in) <= MAX_SUPPORTS:
+        raise ValueError(
+            f"support_images: expected 1 to {MAX_SUPPORTS} support images, got {len(images_in)}"
+        )
+    if len(masks_in) != len(images_in):
+        raise ValueError(
+            f"support_masks: got {len(masks_in)} masks for {len(images_in)} support images"
+        )
+    images, masks = [], []
+    for i, (img_in, mask_in) in enumerate(zip(images_in, masks_in, strict=True)):
+        img_name = describe(f"support_images[{i}]", img_in)
+        mask_name = describe(f"support_masks[{i}]", mask_in)
+        img = load_image(img_in, img_name, value_range)
+        mask = load_mask(mask_in, mask_name, mask_value)
+        if mask.shape != img.shape[:2]:
+            raise ValueError(
+                f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {img_name} "
+                f"is {img.shape[1]}x{img.shape[0]}"
+            )
+        if not mask.any():
+            what = f"no pixel == {mask_value}" if mask_value is not None else "no non-zero pixel"
+            raise ValueError(f"{mask_name} is empty ({what}): nothing marks the object")
+        small = preprocess.resize_label(mask, image_size)
+        side = f"{image_size[1]}x{image_size[0]}"
+        if not small.any():
+            raise ValueError(
+                f"{mask_name}: the object ({int(mask.sum())} px) vanishes when the mask is resized "
+                f"to {side}; use a larger object or support image"
+            )
+        if small.all():
+            raise ValueError(
+                f"{mask_name} marks the whole image (at {side}): PANet needs background pixels "
+                "in a support to tell the object from the rest"
+            )
+        images.append(preprocess.normalize_image(preprocess.resize_image(img, image_size)))
+        masks.append(small)
+    return np.stack(images), np.stack(masks).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(model: PANet):
+    """Jitted support prototypes and query score of one model."""
+
+    def encode(variables, images):
+        return model.encoder.apply(variables, images)
+
+    @jax.jit
+    def prototypes(variables, images, fg):
+        """images ``[K, H, W, 3]``, fg ``[K, H, W]`` -> ``[2, C]`` (bg, fg)."""
+        feats = encode(variables, images)[None]  # [1, K, h, w, C]
+        fg = fg[None].astype(feats.dtype)
+        return ops.episode_prototypes(feats, fg, 1.0 - fg)
+
+    @jax.jit
+    def scores(variables, image, protos):
+        """image ``[H, W, 3]`` -> low-resolution fg-minus-bg score ``[h, w]``."""
+        s = ops.cosine_logits(encode(variables, image[None])[0], protos, model.scale)
+        return s[..., 1] - s[..., 0]
+
+    return prototypes, scores
+
+
+def upsample_threshold(score: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear (``align_corners=False``) upsampling of ``score [h, w]`` to ``out_hw``, then
+    ``> 0``. Returns uint8 ``[H, W]`` in {0, 1}."""
+    score = np.asarray(score, np.float64)
+    rh = ops.bilinear_matrix(score.shape[0], out_hw[0])
+    rw = ops.bilinear_matrix(score.shape[1], out_hw[1])
+    return ((rh @ score @ rw.T) > 0).astype(np.uint8)
+
+
+def _model_and_params(
+    source: Mapping[str, Any] | PathLike, settings: ModelSettings, step: int | None
+) -> tuple[PANet, dict[str, Any]]:
+    """The model and its encoder's variables (host copies, in the compute dtype's precision)."""
+    from panet_jax.config import base_config
+    from panet_jax.inference import loading
+    from panet_jax.models import registry
+
+    if isinstance(source, (str, os.PathLike)):
+        variables = loading.load_variables(source, step=step)
+    else:
+        variables = loading.as_panet_variables(source)
+    encoder = {c: tree["encoder"] for c, tree in variables.items()}
+    name, width = registry.identify(encoder)
+    if settings.encoder not in (None, name):
+        raise ValueError(f"the run's encoder is {settings.encoder!r}, its variables hold {name}")
+    config = base_config()
+    config.model.encoder, config.model.width = name, settings.width or width
+    config.model.dtype, config.model.scale = settings.dtype, float(settings.scale)
+    if config.model.width != width:
+        raise ValueError(
+            f"width={config.model.width}: the {name} encoder params are width {width} (pass the "
+            "width the model was trained with)"
+        )
+    cast = np.float64 if settings.dtype == "float64" else None
+    encoder = jax.tree.map(lambda x: np.asarray(x, cast), encoder)  # host copy, any layout
+    return registry.build_panet(config), encoder
+
+
+def predict(
+    source: Mapping[str, Any] | PathLike,
+    support_images: ImageInput | Sequence[ImageInput],
+    support_masks: ImageInput | Sequence[ImageInput],
+    query_images: ImageInput | Sequence[ImageInput],
+    *,
+    image_size: Sequence[int] | None = None,
+    width: float | None = None,
+    dtype: str | None = None,
+    scale: float | None = None,
+    mask_value: int | None = None,
+    value_range: tuple[float, float] | None = None,
+    step: int | None = None,
+) -> list[np.ndarray]:
+    """Segment ``query_images`` given 1-5 annotated support images of one class.
+
+    Args:
+      source: a training workdir / checkpoint directory / step directory (its run config sets
+        the defaults below), a weight file (``.npz`` / ``.pth`` / ``.h5``), or PANet variables
+        (``{'params': {'encoder': ...}}``).
+      support_images: 1 to 5 images (paths or RGB ``[H, W, 3]`` / grey ``[H, W]`` arrays; a
+        list, one image, or a ``[K, H, W, 3]`` stack).
+      support_masks: one mask per support, same size as its image (paths or ``[H, W]`` arrays);
+        non-zero = foreground, or ``== mask_value`` when given (e.g. a VOC palette index).
+      query_images: one or more images of any size (as ``support_images``).
+      image_size: ``(height, width)`` the model sees (default: the run's ``data.image_size``,
+        417x417 without a run config).
+      width: encoder width multiplier (default: the run's, else inferred from the params).
+      dtype: compute dtype (default: the run's ``model.dtype``, else float32).
+      scale: cosine scaling alpha (default: the run's; it does not change the argmax).
+      value_range: ``(0, 1)`` or ``(0, 255)`` for float image arrays (otherwise refused).
+      step: checkpoint step (default: the latest).
+    Returns:
+      One uint8 ``[H_i, W_i]`` mask per query (1 = foreground) at the query's original size.
+    Raises:
+      ValueError: naming the argument / file (see :mod:`panet_jax.inference.user_images`).
+    """
+    settings = resolve_settings(source, image_size=image_size, width=width, dtype=dtype,
+                                scale=scale)  # fmt: skip
+    images, fg = load_supports(support_images, support_masks, settings.image_size, mask_value,
+                               value_range)  # fmt: skip
+    queries = _as_list(query_images, "query_images", (2, 3))
+    if not queries:
+        raise ValueError("query_images: expected at least one query image, got none")
+    query_arrays = [
+        load_image(q, describe(f"query_images[{i}]", q), value_range) for i, q in enumerate(queries)
+    ]
+    model, variables = _model_and_params(source, settings, step)
+    prototypes_fn, scores_fn = _compiled(model)
+    dtype_ = np.float64 if settings.dtype == "float64" else np.float32
+    protos = prototypes_fn(variables, images.astype(dtype_), fg.astype(dtype_))
+    out = []
+    for q in query_arrays:
+        image = preprocess.normalize_image(preprocess.resize_image(q, settings.image_size))
+        score = scores_fn(variables, image.astype(dtype_), protos)
+        out.append(upsample_threshold(np.asarray(score), q.shape[:2]))
+    return out
