@@ -5,8 +5,9 @@ XLA's GPU compiler hands convolutions to cuDNN as custom calls (``__cudnn$conv..
 is XLA's own ``HloCostAnalysis`` (the CPU client's, on the GPU program: fusions count their
 operands and outputs, as on every backend), which marks each custom call "unknown" (-1 FLOP,
 -1 byte); those are undone, and a custom call's bytes are its operands and results (less the
-``u8`` scratch buffer cuDNN returns), read from the shapes in the text. Its FLOPs are left to
-the caller (the encoder's convs have an exact analytic count).
+``u8`` scratch buffer cuDNN returns), read from the shapes in the text. Their FLOPs are left
+to the caller: the encoder's convs have an exact analytic count; library matmuls (cuBLAS, which
+XLA uses instead of its Triton GEMM fusions when these are turned off) are not counted.
 """
 
 from __future__ import annotations
