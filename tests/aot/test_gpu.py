@@ -196,7 +196,12 @@ def test_cli_without_the_plugin_says_what_to_install():
 
 
 def test_missing_plugin_is_explained(monkeypatch):
-    monkeypatch.setattr(gpus, "_has", lambda module: False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("jax_plugins.xla_cuda") else real(name, *a),
+    )
     with pytest.raises(aot.GPUUnavailableError, match=r'pip install -e "\.\[cuda\]"'):
         aot.target_devices("h100:1x8")
 
