@@ -298,6 +298,17 @@ def _settings(
     }  # fmt: skip
 
 
+def _dataset_info(sampler: Any, builder: Any) -> dict[str, Any]:
+    """The split the episodes came from and, for a user's folder, its name and class split."""
+    from panet_jax.data import folder_classes, folds
+
+    out: dict[str, Any] = {"split": sampler.cfg.resolved_split}
+    if sampler.cfg.dataset in folds.PREPARED_CLASSES:
+        config_name = builder.builder_config.name if builder.builder_config else builder.name
+        out.update(folder_classes.report_info(config_name, builder.info.metadata or {}))
+    return out
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     variables: Mapping[str, Any],
@@ -346,7 +357,8 @@ def evaluate(
         seconds = time.perf_counter() - t0
     results = reports.summarize(runs, test_classes, names)
     results.update(runs=runs, seconds=seconds, episodes_per_s=total / max(seconds, 1e-9),
-                   settings=_settings(config, mesh, test_classes, layout.episodes, info or {}),
+                   settings=_settings(config, mesh, test_classes, layout.episodes,
+                                      {**_dataset_info(sampler, builder), **(info or {})}),
                    output_dir=None if out_dir is None else str(out_dir))  # fmt: skip
     if is_main:
         print(reports.markdown_tables(results), flush=True)
