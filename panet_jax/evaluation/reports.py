@@ -168,7 +168,8 @@ def dataset_note(settings: Mapping[str, Any]) -> list[str]:
     """A user's folder: its name and class split (how its test classes were chosen)."""
     if not settings.get("class_split"):
         return []
-    return [f"Dataset `{settings.get('dataset_name')}`; class split: {settings['class_split']}.", ""]
+    name, split = settings.get("dataset_name"), settings["class_split"]
+    return [f"Dataset `{name}`; class split: {split}.", ""]
 
 
 def markdown_report(results: Mapping[str, Any]) -> str:

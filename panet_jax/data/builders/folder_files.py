@@ -7,8 +7,8 @@ Two layouts (:data:`LAYOUTS`; ``'auto'`` picks ``label_maps`` when ``<root>/imag
 * ``class_folders``: ``<root>/<class>/<stem>.jpg`` with the binary mask ``<stem>.png`` beside
   it, or images in ``<root>/images/<class>/`` with masks in a parallel
   ``<root>/masks/<class>/<stem>.png`` tree (then the images may be PNGs too). A mask pixel is
-  foreground where its grey level (``convert('L')``) is >= 128, or, for a mask whose values are
-  all 0 / 1, where it is 1.
+  foreground where its value is >= 128, or, for a mask whose values are all 0 / 1, where it is
+  1 (values: a palette PNG's indices, other PNGs' grey levels).
 * ``label_maps``: ``<root>/images/<stem>.<ext>`` with ``<root>/labels/<stem>.png`` (palette or
   grayscale: raw values, 0 background, 255 ignore, the others named in
   ``<root>/classes.txt``, one ``<value> <name>`` per line, or one name per line for the values
@@ -28,6 +28,7 @@ import os
 import re
 
 import numpy as np
+from PIL import Image
 
 from panet_jax.data.builders import common
 
@@ -246,11 +247,22 @@ def _label_maps(root: str) -> Listing:
 # ------------------------------------------------------------------------------ file checks
 
 
-def binary_mask(grey: np.ndarray) -> np.ndarray:
-    """0/1 foreground of a grey mask: its own values when all are 0 / 1, else ``>= 128``."""
-    if grey.max(initial=0) <= 1:
-        return grey.astype(np.uint8)
-    return (grey >= MASK_THRESHOLD).astype(np.uint8)
+def binary_mask(values: np.ndarray) -> np.ndarray:
+    """0/1 foreground of a mask's values: themselves when all are 0 / 1, else ``>= 128``."""
+    if values.max(initial=0) <= 1:
+        return values.astype(np.uint8)
+    return (values >= MASK_THRESHOLD).astype(np.uint8)
+
+
+def read_binary_mask(path: str) -> np.ndarray:
+    """A class folder's mask as 0/1 ``[H, W]`` uint8: palette PNGs by their index values (a
+    VOC-style palette colours index 1 dark red), other modes by their grey levels."""
+    try:
+        with Image.open(path) as im:
+            values = np.array(im if im.mode in ("P", "L", "1") else im.convert("L"), np.uint8)
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        raise ValueError(f"corrupt or unreadable mask {path}: {e}") from e
+    return binary_mask(values)
 
 
 def read_pair(pair: Pair, values: list[int] | None) -> tuple[bytes, np.ndarray]:
@@ -262,7 +274,7 @@ def read_pair(pair: Pair, values: list[int] | None) -> tuple[bytes, np.ndarray]:
         raise BadFile(pair.image, f"unreadable image ({e})") from e
     try:
         if values is None:
-            mask = binary_mask(common.read_grey_png(pair.mask))
+            mask = read_binary_mask(pair.mask)
         else:
             mask = common.read_label_png(pair.mask, "label map")
     except (OSError, ValueError) as e:

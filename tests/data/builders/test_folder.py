@@ -1,0 +1,228 @@
+"""The ``folder`` builder on small user folders in both layouts: what is prepared (class ids,
+masks, splits, folds, the recorded split), which classes the episodes use, a short training
+and an evaluation, and one test per careless input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import folder_fixtures as fx
+import numpy as np
+import pytest
+from PIL import Image
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from panet_jax.data import builders, folder_classes, pipeline  # noqa: E402
+from panet_jax.data.builders import folder  # noqa: E402
+
+tfds.display_progress_bar(False)
+REPO = Path(__file__).resolve().parents[3]
+STREET_IDS = {v: i + 1 for i, v in enumerate(sorted(fx.LABEL_VALUES))}  # 3 -> 1, ..., 13 -> 6
+
+
+def data_dir_of(builder) -> str:
+    """The data_dir of a prepared folder dataset (``<data_dir>/folder/<name>/<version>``)."""
+    return str(Path(builder.data_path).parents[2])
+
+
+def prepare(manual_dir, data_dir, name=None, **options):
+    config = folder.FolderConfig(name=name or folder.dataset_name(manual_dir), **options)
+    return builders.prepare("folder", data_dir=str(data_dir), manual_dir=str(manual_dir),
+                            config=config)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pets")
+    fx.write_class_folders(str(root / "pets"))
+    return prepare(root / "pets", root / "tfds")
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    root = tmp_path_factory.mktemp("street")
+    fx.write_label_maps(str(root / "street"))
+    return prepare(root / "street", root / "tfds", folds=2)
+
+
+# ------------------------------------------------------------------------------ what is prepared
+
+
+def test_class_folders_ids_masks_and_list_split(pets):
+    meta = pets.info.metadata
+    assert meta["class_names"] == fx.CLASSES and meta["num_classes"] == 5
+    assert meta["layout"] == "class_folders" and meta["mask_encoding"] == "binary"
+    assert meta["split_classes"] == {"train": [1, 2, 3], "test": [4, 5]}  # no val.txt
+    assert meta["class_split_kind"] == "lists" and meta["skipped_files"] == []
+    assert set(pets.info.splits) == {"train", "test"}
+    for split, names in (("train", fx.TRAIN), ("test", fx.TEST)):
+        source = pets.as_data_source(split)
+        assert len(source) == len(names) * fx.PER_CLASS
+        for ex in source:
+            name, stem = ex["id"].decode().split("/")
+            i, k = fx.CLASSES.index(name), int(stem[3:])
+            t, lft, b, r = fx.box(i, k)
+            want = np.zeros(fx.HW, np.uint8)
+            want[t:b, lft:r] = 1  # 255, 1 (dog) and palette (fox) masks alike
+            np.testing.assert_array_equal(ex["mask"][..., 0], want)
+            assert ex["classes"].tolist() == [i + 1]
+            jpg = Image.open(os.path.join(meta["source"], name, f"{stem}.jpg"))
+            np.testing.assert_array_equal(ex["image"], np.asarray(jpg))  # JPEG bytes kept
+
+
+def test_label_maps_ids_masks_and_folds(street):
+    meta = street.info.metadata
+    assert meta["class_names"] == ["road", "tree", "car", "sky", "wall", "sign"]  # value order
+    assert meta["layout"] == "label_maps" and meta["mask_encoding"] == "labels"
+    assert meta["folds"] == [[1, 2, 3], [4, 5, 6]] and "split_classes" not in meta
+    assert list(street.info.splits) == [folder_classes.ALL_SPLIT]
+    source = street.as_data_source(folder_classes.ALL_SPLIT)
+    assert [ex["id"].decode() for ex in source] == list(fx.LABEL_IMAGES)
+    for ex in source:
+        raw = fx.label_map(ex["id"].decode())
+        want = np.vectorize(lambda v: STREET_IDS.get(v, v))(raw)  # 0 and 255 kept
+        np.testing.assert_array_equal(ex["mask"][..., 0], want)
+        shown = sorted(STREET_IDS[v] for v in fx.LABEL_IMAGES[ex["id"].decode()])
+        assert ex["classes"].tolist() == shown
+
+
+def test_seeded_split_is_recorded_and_deterministic(tmp_path):
+    fx.write_class_folders(str(tmp_path / "pets"), lists=False)
+    metas = [dict(prepare(tmp_path / "pets", tmp_path / f"tfds{k}", split_seed=7).info.metadata)
+             for k in range(2)]  # fmt: skip
+    assert metas[0]["split_classes"] == metas[1]["split_classes"]
+    # 5 classes: 3 train, 1 val, 1 test, cut from RandomState(7).permutation of sorted names
+    perm = np.random.RandomState(7).permutation(5)
+    cut = [sorted(perm[:3] + 1), [perm[3] + 1], [perm[4] + 1]]
+    assert metas[0]["split_classes"] == dict(zip(("train", "val", "test"), cut, strict=True))
+    assert metas[0]["class_split_kind"] == "seeded" and metas[0]["split_seed"] == 7
+    assert "RandomState(7)" in metas[0]["class_split_source"]
+
+
+def test_parallel_masks_tree_with_png_images(tmp_path):
+    fx.write_class_folders(str(tmp_path / "zoo"), parallel=True)
+    builder = prepare(tmp_path / "zoo", tmp_path / "tfds", workers=1)
+    assert builder.info.metadata["class_names"] == fx.CLASSES
+    assert len(builder.as_data_source("train")) == 12
+    ex = builder.as_data_source("test")[0]
+    assert ex["id"].decode() == "owl/img0" and ex["mask"].sum() == 14 * 18
+
+
+def test_names_progress_and_two_folders_of_one_name(tmp_path, capsys):
+    assert folder.dataset_name("/data/My Pets/") == "my_pets"
+    fx.write_class_folders(str(tmp_path / "a" / "pets"))
+    fx.write_class_folders(str(tmp_path / "b" / "pets"))
+    prepare(tmp_path / "a" / "pets", tmp_path / "tfds")
+    err = capsys.readouterr().err
+    assert re.search(r"checking: 100%.*20/20.*img/s", err)  # count, rate
+    assert re.search(r"writing train: .*12/12 \[\d\d:\d\d<\d\d:\d\d", err)  # elapsed<ETA
+    with pytest.raises(FileExistsError, match=f"from another folder, {tmp_path}/a/pets.*"
+                                              "--builder_config=<another name>"):  # fmt: skip
+        prepare(tmp_path / "b" / "pets", tmp_path / "tfds")
+    other = prepare(tmp_path / "b" / "pets", tmp_path / "tfds", name="pets_b")
+    assert other.info.metadata["source"] == str(tmp_path / "b" / "pets")
+    assert builders.load_prepared("folder", data_dir=tmp_path / "tfds", config="pets")
+
+
+# ------------------------------------------------------------------------------ episodes
+
+
+def _episode_config(**kw):
+    kw = {"dataset": "folder", "n_shots": 1, "image_size": (33, 33), **kw}
+    return pipeline.EpisodeConfig(**kw)
+
+
+def _check_draws(sampler, builder, pool: list[int]) -> None:
+    """Every episode's classes are in ``pool`` and every image shows its way's class."""
+    assert sorted(sampler.pool) == pool
+    index = sampler.index
+    seen = set()
+    for step in range(40):
+        d = sampler.draw(step, 0)
+        n, k = sampler.cfg.n_ways, sampler.cfg.n_shots
+        for w, c in enumerate(d.class_ids.tolist()):
+            assert c in pool
+            seen.add(c)
+            for i in d.images[w * k : (w + 1) * k]:
+                assert c in index.classes[int(i)]
+        for i in d.images[n * k :]:  # each query shows one of the episode's classes
+            assert set(index.classes[int(i)]) & set(d.class_ids.tolist())
+    assert seen == set(pool)
+
+
+def test_episodes_use_only_the_split_or_fold_classes(pets, street):
+    data_dir = data_dir_of(pets)
+    for train, pool in ((True, [1, 2, 3]), (False, [4, 5])):
+        cfg = _episode_config(train=train, builder_config="pets")
+        sampler, builder = pipeline.make_sampler(cfg, data_dir=data_dir, seed=0, batch_size=1)
+        _check_draws(sampler, builder, pool)
+        names = {builder.info.metadata["class_names"][c - 1] for c in pool}
+        assert {i.split("/")[0] for i in sampler.index.ids} == names  # the split's images
+    data_dir = data_dir_of(street)
+    for fold, train, pool in ((0, True, [4, 5, 6]), (0, False, [1, 2, 3]),
+                              (1, True, [1, 2, 3]), (1, False, [4, 5, 6])):  # fmt: skip
+        cfg = _episode_config(train=train, fold=fold, builder_config="street", n_ways=2)
+        sampler, builder = pipeline.make_sampler(cfg, data_dir=data_dir, seed=3, batch_size=1)
+        assert sampler.cfg.resolved_split == folder_classes.ALL_SPLIT
+        _check_draws(sampler, builder, pool)
+    with pytest.raises(ValueError, match="prepared with 2 folds"):
+        pipeline.make_sampler(_episode_config(fold=2, builder_config="street"),
+                              data_dir=data_dir, seed=0, batch_size=1)  # fmt: skip
+    with pytest.raises(ValueError, match="only fold 0 exists; prepare it with --folds=N"):
+        pipeline.make_sampler(_episode_config(fold=1, builder_config="pets"),
+                              data_dir=data_dir_of(pets),
+                              seed=0, batch_size=1)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ train, evaluate
+
+
+def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
+    """A short training on a seeded class split, its evaluation (report: class names, the
+    recorded split; episodes: test classes only), and an HSNet-protocol, scribble-support
+    evaluation of the label-map folds."""
+    import jax
+
+    sys.path.insert(0, str(REPO))
+    from configs import folder as folder_config
+    from panet_jax import evaluation, trainer
+
+    fx.write_class_folders(str(tmp_path / "My Pets"), lists=False)
+    prepare(tmp_path / "My Pets", tmp_path / "tfds", split_seed=3)
+    config = folder_config.get_config(f"path={tmp_path}/My Pets,runlocal")
+    config.data.data_dir = str(tmp_path / "tfds")
+    assert config.data.builder_config == "my_pets"
+    state, result = trainer.train(config, str(tmp_path / "run"))
+    assert result["step"] == 4 and np.isfinite(result["loss"])
+    out = evaluation.evaluate(config, state.variables(), workdir=tmp_path / "run", progress=False)
+    meta = builders.load_prepared("folder", data_dir=tmp_path / "tfds", config="my_pets")
+    meta = meta.info.metadata
+    test_ids = meta["split_classes"]["test"]
+    names = {c: meta["class_names"][c - 1] for c in test_ids}
+    assert {int(c): v["name"] for c, v in out["per_class"].items()} == names
+    report = Path(out["output_dir"], "results.md").read_text()
+    assert "Dataset `my_pets`; class split: SEEDED split" in report and "RandomState(3)" in report
+    for c, name in names.items():
+        assert f"| {c} | {name} |" in report
+    for line in Path(out["output_dir"], "episodes.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        assert set(e["class_ids"]) <= set(test_ids)
+        shown = {names[c] for c in e["class_ids"]}
+        assert {i.split("/")[0] for ids in e["support_ids"] for i in ids} <= shown
+        assert {i.split("/")[0] for i in e["query_ids"]} <= shown
+    # the label-map folds, fold 1, HSNet's list walk (every test pair once), scribble supports
+    config.data.builder_config = "street"
+    config.data.data_dir = data_dir_of(street)
+    config.data.fold = 1
+    config.eval.protocol, config.eval.episodes = "hsnet", 0
+    config.eval.support_annotation = "scribble"
+    out = evaluation.evaluate(config, jax.device_get(state.variables()), progress=False)
+    assert sorted(int(c) for c in out["per_class"]) == [4, 5, 6]
+    pairs = sum(len(set(v) & {9, 11, 13}) for v in fx.LABEL_IMAGES.values())
+    assert out["settings"]["episodes"] == pairs and out["settings"]["split"] == "images"
+    assert [v["name"] for v in out["per_class"].values()] == ["sky", "wall", "sign"]
