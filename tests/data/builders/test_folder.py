@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,10 +32,15 @@ def data_dir_of(builder) -> str:
     return str(Path(builder.data_path).parents[2])
 
 
-def prepare(manual_dir, data_dir, name=None, **options):
+def prepare(manual_dir, data_dir, name=None, overwrite=False, **options):
     config = folder.FolderConfig(name=name or folder.dataset_name(manual_dir), **options)
     return builders.prepare("folder", data_dir=str(data_dir), manual_dir=str(manual_dir),
-                            config=config)  # fmt: skip
+                            config=config, overwrite=overwrite)  # fmt: skip
+
+
+def files_under(path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, _, fs in os.walk(path) for f in fs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +233,154 @@ def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
     pairs = sum(len(set(v) & {9, 11, 13}) for v in fx.LABEL_IMAGES.values())
     assert out["settings"]["episodes"] == pairs and out["settings"]["split"] == "images"
     assert [v["name"] for v in out["per_class"].values()] == ["sky", "wall", "sign"]
+
+
+# ------------------------------------------------------------------------------ careless input
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine")
+    return fx.write_class_folders(str(root / "pets"), lists=False), fx.write_label_maps(
+        str(root / "street")
+    )
+
+
+def _no_mask(pets: str, street: str) -> tuple[str, str, str | None]:
+    os.remove(os.path.join(pets, "cat", "img1.png"))
+    return (
+        pets,
+        f"{pets}/cat/img1.jpg: image without a mask (expected img1.png beside it)",
+        "cat/img1",
+    )
+
+
+def _mask_size(pets: str, street: str) -> tuple[str, str, str | None]:
+    fx.save_mask(np.zeros((10, 12), np.uint8), os.path.join(pets, "dog", "img2.png"), False)
+    image = f"{pets}/dog/img2.jpg"
+    return (
+        pets,
+        f"{pets}/dog/img2.png: mask of size 10x12 (HxW) but its image {image} is 40x48",
+        "dog/img2",
+    )
+
+
+def _unnamed_value(street: str) -> tuple[str, str, str | None]:
+    raw = fx.label_map("a3")
+    raw[0, :4] = 42
+    fx.save_mask(raw, os.path.join(street, "labels", "a3.png"), False)
+    return street, f"{street}/labels/a3.png: values [42] that classes.txt does not name", "a3"
+
+
+def _unreadable(pets: str, street: str) -> tuple[str, str, str | None]:
+    path = os.path.join(pets, "fox", "img3.jpg")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 3])  # truncated
+    return pets, f"{path}: unreadable image (corrupt or unreadable image {path}", "fox/img3"
+
+
+def _not_an_image(pets: str, street: str) -> tuple[str, str, str | None]:
+    Path(pets, "owl", "notes.txt").write_text("taken at dusk\n")
+    return pets, f"{pets}/owl/notes.txt: not an image file", None
+
+
+CASES = {
+    "image_without_mask": _no_mask,
+    "mask_of_another_size": _mask_size,
+    "mask_value_not_in_classes_txt": lambda pets, street: _unnamed_value(street),
+    "unreadable_file": _unreadable,
+    "non_image_file": _not_an_image,
+}
+
+
+def _copies(tmp_path, pristine) -> tuple[str, str]:
+    pets, street = (str(tmp_path / os.path.basename(p)) for p in pristine)
+    shutil.copytree(pristine[0], pets)
+    shutil.copytree(pristine[1], street)
+    return pets, street
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_file_is_named_or_skipped_and_counted(tmp_path, pristine, case):
+    manual_dir, message, dropped = CASES[case](*_copies(tmp_path, pristine))
+    with pytest.raises(ValueError, match=re.escape(message) + ".*--skip_bad_files"):
+        prepare(manual_dir, tmp_path / "tfds")
+    assert files_under(tmp_path / "tfds") == []  # nothing written
+    builder = prepare(manual_dir, tmp_path / "tfds", skip_bad_files=True)
+    skipped = builder.info.metadata["skipped_files"]
+    assert len(skipped) == 1 and message.startswith(skipped[0].split(" (")[0])
+    written = {i for s in builder.info.metadata["splits"].values() for i in s["ids"]}
+    if "street" in manual_dir:
+        every = set(fx.LABEL_IMAGES)
+    else:
+        every = {f"{c}/img{k}" for c in fx.CLASSES for k in range(fx.PER_CLASS)}
+    assert written == every - {dropped}
+
+
+def test_empty_class(tmp_path, pristine):
+    pets, street = _copies(tmp_path, pristine)
+    for f in os.listdir(os.path.join(pets, "yak")):
+        os.remove(os.path.join(pets, "yak", f))
+    with pytest.raises(ValueError, match="class 'yak' is empty: its folder has no usable"):
+        prepare(pets, tmp_path / "tfds")
+    assert prepare(pets, tmp_path / "tfds", skip_bad_files=True).info.metadata[
+        "class_names"] == fx.CLASSES[:4]  # fmt: skip
+    for stem in ("a7", "a8", "a9"):  # the only images of value 13 ('sign')
+        os.remove(os.path.join(street, "labels", f"{stem}.png"))
+        os.remove(os.path.join(street, "images", f"{stem}.jpg"))
+    with pytest.raises(ValueError, match=f"class 'sign' is empty: no image shows it in "
+                                         f"{street}/labels"):  # fmt: skip
+        prepare(street, tmp_path / "tfds2")
+
+
+def test_two_classes_with_one_name(tmp_path, pristine):
+    pets, street = _copies(tmp_path, pristine)
+    shutil.copytree(os.path.join(pets, "cat"), os.path.join(pets, "Cat "))
+    with pytest.raises(ValueError, match=f"two classes have one name in {pets}: 'Cat ' and 'cat'"):
+        prepare(pets, tmp_path / "tfds", skip_bad_files=True)
+    fx.write_lines(os.path.join(street, "classes.txt"), ["3 road", "5 tree", "7 Road"])
+    with pytest.raises(ValueError, match=f"two classes have one name in {street}/classes.txt: "
+                                         "'road' and 'Road'"):  # fmt: skip
+        prepare(street, tmp_path / "tfds", skip_bad_files=True)
+
+
+def test_interrupted_overwrite_keeps_the_prepared_dataset(tmp_path, pristine, monkeypatch):
+    pets, _ = _copies(tmp_path, pristine)
+    before = dict(prepare(pets, tmp_path / "tfds").info.metadata)
+    calls = {"n": 0}
+    real_open = Image.open
+
+    def interrupted_open(*args, **kwargs):  # Ctrl-C in the middle of writing the train split
+        calls["n"] += 1
+        if calls["n"] == 2 * 19 + 9:  # after the check of the 19 pairs (2 files each)
+            raise KeyboardInterrupt
+        return real_open(*args, **kwargs)
+
+    os.remove(os.path.join(pets, "cat", "img0.png"))  # the rebuild would differ
+    os.remove(os.path.join(pets, "cat", "img0.jpg"))
+    monkeypatch.setattr(Image, "open", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(pets, tmp_path / "tfds", overwrite=True)
+    monkeypatch.undo()
+    kept = builders.load_prepared("folder", data_dir=tmp_path / "tfds", config="pets")
+    assert dict(kept.info.metadata) == before and len(kept.as_data_source("train")) == 12
+    assert sorted(os.listdir(tmp_path / "tfds")) == ["folder"]  # no lock, no staging left
+    assert sorted(os.listdir(tmp_path / "tfds" / "folder" / "pets")) == ["1.0.0"]
+    rebuilt = prepare(pets, tmp_path / "tfds", overwrite=True)  # run again: completes
+    total = sum(rebuilt.info.splits[s].num_examples for s in rebuilt.info.splits)
+    assert total == 19
+
+
+def test_command_line_error_is_one_line(tmp_path, pristine):
+    pets, _ = _copies(tmp_path, pristine)
+    _not_an_image(pets, "")
+    cmd = [sys.executable, str(REPO / "experiments" / "prepare_data.py"), "--dataset=folder",
+           f"--manual_dir={pets}", f"--data_dir={tmp_path / 'tfds'}"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"prepare_data.py: error: {pets}/owl/notes.txt: not an image file (by its "
+                    "name) (fix it or remove it, or pass --skip_bad_files to leave such files "
+                    "out)")  # fmt: skip
+    assert "Traceback" not in proc.stderr
