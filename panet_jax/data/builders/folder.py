@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
+from panet_jax.data import folds
 from panet_jax.data.builders import common, folder_split
 from panet_jax.data.builders.folder_files import (
     IGNORE_VALUE,
@@ -45,9 +46,18 @@ from panet_jax.data.builders.folder_files import (
 )
 from panet_jax.data.folder_classes import check_name, dataset_name  # noqa: F401 (API)
 
-MAX_CLASSES = 1000
+MAX_CLASSES = folds.NUM_CLASSES["folder"]  # class ids 1..MAX_CLASSES
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 log = logging.getLogger(__name__)
+
+
+def _not_custom_config_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: TFDS warns "Using custom data configuration" whenever a folder dataset
+    (a config made from its name, by design) is opened; that is no news to the user."""
+    return not record.getMessage().startswith("Using custom data configuration: FolderConfig")
+
+
+logging.getLogger("absl").addFilter(_not_custom_config_notice)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Point --manual_dir at your folder, in one of two layouts:

@@ -38,7 +38,6 @@ MASK_EXT = ".png"
 CLASSES_FILE = "classes.txt"
 IGNORE_VALUE = 255
 MASK_THRESHOLD = 128  # grey >= 128 -> foreground (HSNet's FSS-1000 rule)
-MAX_CLASSES = 1000  # class ids 1..1000 (folds.NUM_CLASSES['folder'])
 
 
 class BadFile(ValueError):

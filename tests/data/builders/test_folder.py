@@ -191,8 +191,8 @@ def test_episodes_use_only_the_split_or_fold_classes(pets, street):
 
 def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
     """A short training on a seeded class split, its evaluation (report: class names, the
-    recorded split; episodes: test classes only), and an HSNet-protocol, scribble-support
-    evaluation of the label-map folds."""
+    recorded split; episodes: test classes only), and evaluations of the label-map folds
+    under the other protocol options."""
     import jax
 
     sys.path.insert(0, str(REPO))
@@ -204,8 +204,9 @@ def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
     config = folder_config.get_config(f"path={tmp_path}/My Pets,runlocal")
     config.data.data_dir = str(tmp_path / "tfds")
     assert config.data.builder_config == "my_pets"
+    config.train.steps, config.train.image_every = 2, 0  # (test time)
     state, result = trainer.train(config, str(tmp_path / "run"))
-    assert result["step"] == 4 and np.isfinite(result["loss"])
+    assert result["step"] == 2 and np.isfinite(result["loss"])
     out = evaluation.evaluate(config, state.variables(), workdir=tmp_path / "run", progress=False)
     meta = builders.load_prepared("folder", data_dir=tmp_path / "tfds", config="my_pets")
     meta = meta.info.metadata
@@ -233,6 +234,13 @@ def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
     pairs = sum(len(set(v) & {9, 11, 13}) for v in fx.LABEL_IMAGES.values())
     assert out["settings"]["episodes"] == pairs and out["settings"]["split"] == "images"
     assert [v["name"] for v in out["per_class"].values()] == ["sky", "wall", "sign"]
+    # fold 0: box supports, scored at the raw label size, small objects filtered
+    config.data.fold, config.eval.protocol, config.eval.episodes = 0, "panet", 4
+    config.eval.support_annotation, config.eval.original_size = "bbox", True
+    config.eval.min_object_pixels = 100
+    out = evaluation.evaluate(config, jax.device_get(state.variables()), progress=False)
+    assert sorted(int(c) for c in out["per_class"]) == [1, 2, 3]
+    assert out["settings"]["original_size"] and np.isfinite(out["miou_mean"])
 
 
 # ------------------------------------------------------------------------------ careless input
