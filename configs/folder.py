@@ -13,7 +13,7 @@ your classes to replay), every protocol option included (``--config.eval.protoco
 ``:runlocal`` shrinks everything to a smoke test (tiny model, 33 px, a few steps).
 """
 
-from panet_jax.config_base import apply_arg, base_config, parse_arg, with_imagenet_weights
+from panet_jax.config import apply_arg, base_config, parse_arg, with_imagenet_weights
 
 
 def get_config(arg: str | None = None):

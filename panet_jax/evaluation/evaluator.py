@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from panet_jax import config as config_lib
-from panet_jax.data import folds, input_pipeline
+from panet_jax.data import folder_classes, folds, input_pipeline
 from panet_jax.data.spec import EPISODE_KEYS, zeros_episode
 from panet_jax.evaluation import metrics, original_size, overlays, reports
 from panet_jax.evaluation.reports import EPISODE_LIST, read_episode_list  # noqa: F401 (public names)
@@ -300,8 +300,6 @@ def _settings(
 
 def _dataset_info(sampler: Any, builder: Any) -> dict[str, Any]:
     """The split the episodes came from and, for a user's folder, its name and class split."""
-    from panet_jax.data import folder_classes, folds
-
     out: dict[str, Any] = {"split": sampler.cfg.resolved_split}
     if sampler.cfg.dataset in folds.PREPARED_CLASSES:
         config_name = builder.builder_config.name if builder.builder_config else builder.name

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from tqdm import tqdm
 
 from panet_jax.data import folds
@@ -195,23 +194,15 @@ def _label_lut(listing: Listing, ids: dict[str, int]) -> np.ndarray | None:
     return lut
 
 
-class Folder(tfds.core.GeneratorBasedBuilder):
+class Folder(common.ProjectBuilder):
     """A user's folder of images and masks; splits train / val / test, or ``images`` (folds)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # A plain path: TFDS 4.9.10 derives it with the `importlib_resources` backport, which is
-    # not installed on Python >= 3.9 (its own requirement is only for < 3.9).
-    code_path = epath.Path(__file__)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
     @classmethod
     def config_from_name(cls, name: str) -> FolderConfig:
         """The config that opens the prepared folder dataset ``name``."""
         return FolderConfig(name=check_name(name), description="a user's folder")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(self, description=__doc__)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         cfg: FolderConfig = self.builder_config

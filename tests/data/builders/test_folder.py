@@ -15,6 +15,7 @@ from pathlib import Path
 import folder_fixtures as fx
 import numpy as np
 import pytest
+from paths import EXPERIMENTS, REPO
 from PIL import Image
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -23,7 +24,6 @@ from panet_jax.data import builders, folder_classes, pipeline  # noqa: E402
 from panet_jax.data.builders import folder  # noqa: E402
 
 tfds.display_progress_bar(False)
-REPO = Path(__file__).resolve().parents[3]
 STREET_IDS = {v: i + 1 for i, v in enumerate(sorted(fx.LABEL_VALUES))}  # 3 -> 1, ..., 13 -> 6
 
 
@@ -197,7 +197,8 @@ def test_train_then_evaluate_names_classes_and_split(tmp_path, street):
 
     sys.path.insert(0, str(REPO))
     from configs import folder as folder_config
-    from panet_jax import evaluation, trainer
+    from panet_jax.evaluation import evaluator as evaluation
+    from panet_jax.train import trainer
 
     fx.write_class_folders(str(tmp_path / "My Pets"), lists=False)
     prepare(tmp_path / "My Pets", tmp_path / "tfds", split_seed=3)
@@ -382,7 +383,7 @@ def test_interrupted_overwrite_keeps_the_prepared_dataset(tmp_path, pristine, mo
 def test_command_line_error_is_one_line(tmp_path, pristine):
     pets, _ = _copies(tmp_path, pristine)
     _not_an_image(pets, "")
-    cmd = [sys.executable, str(REPO / "experiments" / "prepare_data.py"), "--dataset=folder",
+    cmd = [sys.executable, str(EXPERIMENTS / "prepare_data.py"), "--dataset=folder",
            f"--manual_dir={pets}", f"--data_dir={tmp_path / 'tfds'}"]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
