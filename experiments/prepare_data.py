@@ -25,6 +25,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import time
+from typing import Any
 
 from absl import flags, logging
 
@@ -39,7 +40,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("data_dir", None, "TFDS data_dir to write the prepared dataset into.")
 flags.DEFINE_string(
-    "manual_dir", None, "Folder with the raw files (VOC/COCO/FSS-1000); not for synthetic_fss."
+    "manual_dir", None, "Folder with the raw files (VOC/COCO/FSS-1000/yours); not synthetic_fss."
 )
 flags.DEFINE_string(
     "builder_config",
@@ -64,7 +65,7 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
-def builder_config(manual_dir: str | None):
+def builder_config(manual_dir: str | None) -> Any:
     """``--builder_config``, or for ``folder`` its config from the folder flags."""
     if FLAGS.dataset != "folder":
         return FLAGS.builder_config
@@ -97,8 +98,8 @@ def main(argv: list[str]) -> None:
             FLAGS.dataset, data_dir=data_dir, manual_dir=manual_dir, config=config,
             overwrite=FLAGS.overwrite,
         )  # fmt: skip
-    config = f" (config {builder.builder_config.name})" if builder.builder_config else ""
-    print(f"{builder.name}{config} at {os.fspath(builder.data_path)}, {time.time() - start:.1f} s")
+    shown = f" (config {builder.builder_config.name})" if builder.builder_config else ""
+    print(f"{builder.name}{shown} at {os.fspath(builder.data_path)}, {time.time() - start:.1f} s")
     for split, info in sorted(builder.info.splits.items()):
         print(f"  {split}: {info.num_examples} examples")
     for line in builders.folder.summary(builder) if FLAGS.dataset == "folder" else []:
