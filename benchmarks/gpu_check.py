@@ -1,9 +1,10 @@
-r"""One-shot GPU check: numerics tests, train-step speed and MFU, input pipeline, 300 steps.
+r"""One-shot GPU check: numerics tests, train-step speed and MFU, input pipeline, 300 steps, and
+the GPU pre-flight's memory against the device's.
 
     python benchmarks/gpu_check.py --out=gpu_check.json
     python benchmarks/gpu_check.py --allow_cpu --out=/tmp/gpu_check_smoke.json   # smoke run
 
-For whoever holds a GPU (one H100 / H200: an estimated 5-7 minutes). Four parts, run in
+For whoever holds a GPU (one H100 / H200: an estimated 5-7 minutes). Five parts, run in
 subprocesses (the benchmark's: one per configuration), then one table and one JSON:
 
 (a) ``tests``: the numerics-sensitive tests (``tests/test_ops.py``, ``tests/test_model.py``,
@@ -20,6 +21,12 @@ subprocesses (the benchmark's: one per configuration), then one table and one JS
     of (b) consumes.
 (d) ``training``: ``experiments/train.py`` on ``configs/synthetic.py`` for 300 steps without the
     evaluation; the loss of the first and the last log window (25 steps each) must fall.
+(e) ``preflight``: the paper's train step (417x417, 1-shot, float32, one GPU) compiled by the
+    device itself and by ``experiments/compile_for.py`` for this GPU's catalogue entry
+    (``panet_jax.aot.gpus``, ``--preflight_target`` if the device name is not in it) on the
+    CPU: their ``memory_analysis()`` side by side. Arguments, outputs and donation must agree
+    exactly, the temporaries within 25% (the device picks its cuDNN algorithms, and their
+    workspaces, by autotuning; the pre-flight cannot).
 
 Exits 2 with one line when JAX's backend is not a GPU, unless ``--allow_cpu`` (then every part
 runs at tiny sizes: a smoke test of this script). Exit status 1 if a part failed.
@@ -33,6 +40,7 @@ import json
 import os
 import platform
 import re
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -46,6 +54,7 @@ from panet_jax import cli, errors, files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+EXPERIMENTS = os.path.join(ROOT, "experiments")  # the user commands (train, compile_for)
 
 NUMERICS_TESTS = (
     "tests/test_ops.py", "tests/test_model.py", "tests/testing/test_torch_reference.py",
@@ -60,6 +69,7 @@ FULL = {
              "--window_batches=20"],
     "train": ["--config=configs/synthetic.py", "--config.train.steps=300",
               "--config.train.log_every=25"],
+    "preflight": ("configs/pascal5i.py", "shot=1"),
 }  # fmt: skip
 SMOKE = {
     "pytest": ["tests/test_ops.py", "-k", "bilinear or masked_average"],
@@ -70,6 +80,7 @@ SMOKE = {
              "--window_batches=5"],
     "train": ["--config=configs/synthetic.py:runlocal", "--config.train.steps=20",
               "--config.train.log_every=5"],
+    "preflight": ("configs/synthetic.py", "runlocal"),
 }  # fmt: skip
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "gpu_check.json", "JSON report path.")
@@ -77,10 +88,16 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 flags.DEFINE_string("workdir", "", "Scratch folder (default: a temporary one).")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir for the synthetic set.")
 flags.DEFINE_bool("allow_cpu", False, "Run on a CPU at tiny sizes (smoke test of this script).")
-flags.DEFINE_list("parts", ["tests", "train_step", "pipeline", "training"], "Parts to run.")
+flags.DEFINE_list(
+    "parts", ["tests", "train_step", "pipeline", "training", "preflight"], "Parts to run."
+)
+flags.DEFINE_string(
+    "preflight_target", "", "GPU of panet_jax.aot.gpus to pre-flight (default: the device's)."
+)
 flags.DEFINE_integer("pytest_workers", 4, "pytest -n (0: serial).")
 flags.DEFINE_integer("timeout", 300, "Seconds per part at most.")
-PARTS = ("tests", "train_step", "pipeline", "training")
+PARTS = ("tests", "train_step", "pipeline", "training", "preflight")
+MEMORY_FIELDS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes")
 
 _PROGRESS = re.compile(r"step (\d+)/(\d+) \| loss ([0-9.]+)")
 _PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
@@ -166,7 +183,8 @@ def part_pipeline(sizes: dict, env: dict, args: Any, need: dict) -> dict:
 def part_training(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
     """(d) experiments/train.py on the synthetic set, no evaluation; the loss must fall."""
     workdir = os.path.join(args.workdir, "train_synthetic")
-    cmd = [sys.executable, os.path.join(HERE, "train.py"), f"--workdir={workdir}", *sizes["train"],
+    cmd = [sys.executable, os.path.join(EXPERIMENTS, "train.py"), f"--workdir={workdir}",
+           *sizes["train"],
            "--config.train.eval_after=False", "--config.train.image_every=0",
            f"--config.data.data_dir={args.data_dir}"]  # fmt: skip
     rc, text, secs = _run(cmd, env, args.timeout)
@@ -180,6 +198,43 @@ def part_training(sizes: dict, env: dict, args: Any) -> dict[str, Any]:
     if not ok:
         result["output_tail"] = _tail(text, 40)
     return result
+
+
+def part_preflight(sizes: dict, env: dict, args: Any, device_kind: str) -> dict[str, Any]:
+    """(e) The train step's memory as the device compiles it and as the pre-flight does."""
+    import jax
+
+    from panet_jax import aot
+    from panet_jax.aot import gpus
+
+    smoke = jax.default_backend() != "gpu"  # a CPU smoke run pre-flights an H100
+    name = args.preflight_target or ("h100" if smoke else "")
+    spec = gpus.GPUS.get(name) or gpus.by_device_kind(device_kind)
+    if spec is None:
+        return {"ok": False, "note": f"no GPU of panet_jax.aot.gpus is a {device_kind!r}: "
+                f"pass --preflight_target (one of {sorted(gpus.GPUS)})"}  # fmt: skip
+    path, arg = sizes["preflight"]
+    topology, out = f"{spec.name}:1x1", os.path.join(args.workdir, "preflight.json")
+    cmd = [sys.executable, os.path.join(EXPERIMENTS, "compile_for.py"), f"--config={path}:{arg}",
+           f"--topology={topology}", "--steps=train", "--impls=shard_map", f"--json={out}",
+           "--overwrite"]  # fmt: skip
+    rc, text, secs = _run(cmd, dict(env, JAX_PLATFORMS="cpu"), args.timeout)
+    if rc != 0 or not os.path.exists(out):
+        return {"ok": False, "exit_status": rc, "seconds": secs, "output_tail": _tail(text, 40)}
+    with open(out) as f:
+        pre = json.load(f)["reports"][0]
+    config = runpy.run_path(os.path.join(ROOT, path))["get_config"](arg)
+    device = aot.compile_step(
+        config, topology, jax.devices()[:1], "train", "shard_map", check_hbm=False
+    ).to_dict()
+    rows = {k: {"device": device[k], "preflight": pre[k]} for k in MEMORY_FIELDS}
+    rows["cudnn_convolutions"] = {
+        "device": device["cudnn_convolutions"], "preflight": pre["cudnn_convolutions"]}  # fmt: skip
+    exact = all(device[k] == pre[k] for k in ("argument_bytes", "output_bytes", "alias_bytes"))
+    temp_ratio = device["temp_bytes"] / max(pre["temp_bytes"], 1)
+    ok = exact and abs(temp_ratio - 1) <= 0.25
+    return {"ok": ok or smoke, "target": topology, "seconds": secs,
+            "temp_ratio": temp_ratio, "exact_buffers": exact, "memory": rows}  # fmt: skip
 
 
 def summary_table(results: dict[str, Any], device: str) -> str:
@@ -219,8 +274,23 @@ def summary_table(results: dict[str, Any], device: str) -> str:
         figure = "no progress lines" if first is None else f"loss {first:.3f} -> {last:.3f}"
         rows.append(f"| (d) training | {d['steps']} synthetic steps | {figure} "
                     f"in {d['seconds']:.0f} s | {'ok' if d['ok'] else 'FAILED'} |")  # fmt: skip
+    e = results.get("preflight")
+    if e:
+        rows.append(_preflight_row(e))
     return "\n".join(rows)
 
+
+def _preflight_row(e: dict[str, Any]) -> str:
+    """(e)'s line: the device's and the pre-flight's buffers (MiB)."""
+    status = "ok" if e["ok"] else "FAILED"
+    if "memory" not in e:
+        return f"| (e) preflight | memory vs the pre-flight | {e.get('note', 'see output_tail')} " \
+               f"| {status} |"  # fmt: skip
+    mib = {k: f"{v['device'] / 2**20:.1f} / {v['preflight'] / 2**20:.1f}"
+           for k, v in e["memory"].items() if k.endswith("_bytes")}  # fmt: skip
+    figures = ", ".join(f"{k.removesuffix('_bytes')} {v}" for k, v in mib.items())
+    return (f"| (e) preflight | train step memory, device / {e['target']} pre-flight, MiB "
+            f"| {figures}; temp ratio {e['temp_ratio']:.2f} | {status} |")  # fmt: skip
 
 
 def _settings(backend: str, stack: contextlib.ExitStack) -> tuple[Any, dict[str, str]]:
@@ -228,7 +298,7 @@ def _settings(backend: str, stack: contextlib.ExitStack) -> tuple[Any, dict[str,
     environment (the repository importable; CPU only for a smoke run)."""
     args = types.SimpleNamespace(
         workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, timeout=FLAGS.timeout,
-        pytest_workers=FLAGS.pytest_workers,
+        pytest_workers=FLAGS.pytest_workers, preflight_target=FLAGS.preflight_target,
     )  # fmt: skip
     if not args.workdir:
         args.workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check."))
@@ -261,6 +331,12 @@ def run_parts(sizes: dict, parts: list[str], backend: str) -> dict[str, Any]:
         if "training" in parts:
             print("[gpu_check] (d) synthetic training ...", flush=True)
             results["training"] = part_training(sizes, env, args)
+        if "preflight" in parts:
+            import jax
+
+            print("[gpu_check] (e) pre-flight memory vs the device's ...", flush=True)
+            kind = jax.devices()[0].device_kind
+            results["preflight"] = part_preflight(sizes, env, args, kind)
     return results
 
 

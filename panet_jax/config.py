@@ -21,6 +21,9 @@ ARG_KEYS = {
     "way": ("data", "n_ways", int),
     "encoder": ("model", "encoder", str),
     "runlocal": (None, None, bool),
+    # configs/folder.py: the user's folder (its name names the prepared dataset) or that name.
+    "path": (None, None, str),
+    "name": ("data", "builder_config", str),
 }
 
 
@@ -87,7 +90,7 @@ def _model_section() -> ml_collections.ConfigDict:
 def _data_section() -> ml_collections.ConfigDict:
     """Dataset, fold and episode shape (PASCAL-5i fold 0, 1-way 1-shot, 417 x 417)."""
     s = ml_collections.ConfigDict()
-    s.dataset = "pascal5i"  # 'pascal5i' | 'coco20i' | 'fss1000' | 'synthetic'
+    s.dataset = "pascal5i"  # 'pascal5i' | 'coco20i' | 'fss1000' | 'synthetic' | 'folder'
     s.data_dir = ""  # TFDS data_dir with the prepared dataset ('' = TFDS default)
     s.fold = 0
     s.n_ways = 1
@@ -95,7 +98,8 @@ def _data_section() -> ml_collections.ConfigDict:
     s.n_queries = 1
     s.image_size = (417, 417)
     s.coco_split = "panet"  # 'panet' (consecutive blocks) | 'interleaved'
-    # TFDS builder config ('' = the builder's default; synthetic: 'default' | 'small' | 'tiny').
+    # TFDS builder config ('' = the builder's default; synthetic: 'default' | 'small' | 'tiny';
+    # folder: the prepared folder's name).
     s.builder_config = ""
     # Generate the dataset into data_dir when it is missing (only 'synthetic' can be generated).
     s.auto_prepare = False
@@ -262,7 +266,11 @@ def _check_model_and_data(c: _Checker, config: ml_collections.ConfigDict) -> Non
     c.require("data.image_size", len(size) == 2 and ok,
               f"(height, width) ints in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}")  # fmt: skip
     c.one_of("parallel.impl", PARALLEL_IMPLS)
-    if not c.errors:
+    if d.dataset in folds.PREPARED_CLASSES:
+        c.require("data.builder_config", bool(d.builder_config),
+                  f"the prepared {d.dataset} dataset's name (configs/folder.py:path=<folder> "
+                  "or :name=<name>)")  # fmt: skip
+    if not c.errors and d.dataset not in folds.PREPARED_CLASSES:  # else: when data are opened
         n_train = len(folds.train_classes(d.dataset, d.fold, d.coco_split))
         expected = f"at most the {n_train} training classes of {d.dataset} fold {d.fold}"
         c.require("data.n_ways", d.n_ways <= n_train, expected)
@@ -313,12 +321,15 @@ def _check_training(c: _Checker, config: ml_collections.ConfigDict) -> None:
 
 
 def _check_evaluation(c: _Checker, config: ml_collections.ConfigDict) -> None:
-    from panet_jax.data import spec  # pure Python
+    from panet_jax.data import folds, spec  # pure Python
 
     d, e = config.data, config.eval
     c.one_of("eval.protocol", spec.PROTOCOLS)
     c.one_of("eval.support_annotation", spec.SUPPORT_ANNOTATIONS)
     c.one_of("eval.sampler", spec.SAMPLERS)
+    if d.dataset in folds.PREPARED_CLASSES:
+        c.require("eval.sampler", e.sampler != "official",
+                  f"'stateless' ({d.dataset}: no official episodes exist)")  # fmt: skip
     for key in ("runs", "per_device_batch"):
         c.int_at_least(f"eval.{key}", 1)
     for key in ("num_images", "seed"):

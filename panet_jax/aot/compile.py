@@ -1,9 +1,12 @@
-"""Compile the real train and evaluation steps for a TPU slice ahead of time, on any machine.
+"""Compile the real train and evaluation steps for a TPU slice or a GPU machine ahead of time,
+on any machine.
 
 No TPU is needed: ``libtpu`` (``pip install -e ".[tpu]"``) describes the devices of a slice
-(``jax.experimental.topologies``), and the steps the trainer and the evaluator run are lowered
-and compiled for them with abstract arguments (``jax.ShapeDtypeStruct``), exactly as they
-would be on the pod:
+(``jax.experimental.topologies``); no GPU either: JAX's CUDA plugin (``pip install -e
+".[cuda]"``) describes those of a GPU machine such as ``h100:1x8`` from the GPU's target
+description (:mod:`panet_jax.aot.gpus`). The steps the trainer and the evaluator run are
+lowered and compiled for them with abstract arguments (``jax.ShapeDtypeStruct``), exactly as
+they would be on the pod:
 
 * ``train``, ``impl='shard_map'``: :func:`panet_jax.runtime.parallel.shard_map_step` of
   :func:`panet_jax.train.steps.make_train_step` (state replicated and donated, a
@@ -22,6 +25,11 @@ chip's HBM), the FLOPs and bytes of one step (``cost_analysis()``), a roofline (
 chip's published peak, bytes over its HBM bandwidth; XLA's own ``optimal_seconds`` estimate
 can be negative and is not used) and the lower / compile times. A step that cannot fit raises
 :class:`HBMExceededError` naming the knob to turn.
+
+On a GPU the memory is XLA's GPU compiler's against the pool JAX allocates from (75% of the
+device's memory by default), FLOPs are the encoder's exact conv count plus XLA's count of the
+rest, bytes XLA's cost analysis of the compiled program (:mod:`panet_jax.aot.hlo`), and the
+report also counts the convolutions handed to cuDNN and the collectives.
 """
 
 from __future__ import annotations
@@ -41,15 +49,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from panet_jax import config as config_lib
-from panet_jax.aot.chips import (
-    TPU_CHIPS,
-    GiB,
-    HBMExceededError,
-    matmul_passes,
-    parse_topology,
-    tpu_devices,
-)
+from panet_jax import errors
+from panet_jax.aot import gpus, hlo
+from panet_jax.aot.chips import TPU_CHIPS, GiB, HBMExceededError
 from panet_jax.aot.flops import vgg_conv_flops
+from panet_jax.aot.targets import (
+    device_word,
+    memory_phrase,
+    peak_flops,
+    target_devices,
+    target_spec,
+    usable_bytes,
+)
 from panet_jax.data.folds import NUM_CLASSES
 from panet_jax.data.spec import episode_spec
 from panet_jax.evaluation.evaluator import (
@@ -77,7 +88,7 @@ class StepReport:
     reason in ``note`` (all figures ``None``)."""
 
     topology: str
-    generation: str
+    generation: str  # TPU generation or GPU name ('v5e', 'h100')
     chip_kind: str
     chips: int
     hosts: int
@@ -100,8 +111,8 @@ class StepReport:
     peak_bytes: int | None = None  # arguments + outputs - aliased + temporaries + code
     state_bytes: int | None = None  # train: one state copy (params + momentum + step)
     resident_bytes: int | None = None  # peak (+ the trainer's checkpoint copy of the state)
-    hbm_bytes: int | None = None  # usable HBM per chip
-    flops: float | None = None
+    hbm_bytes: int | None = None  # usable device memory per chip / GPU
+    flops: float | None = None  # XLA's count (GPU: the exact conv count + XLA's for the rest)
     flops_total: float | None = None
     bytes_accessed: float | None = None
     conv_flops: float | None = None  # analytical VGG conv FLOPs per chip (exact)
@@ -113,6 +124,10 @@ class StepReport:
     roofline_episodes_per_s: float | None = None
     lower_s: float | None = None
     compile_s: float | None = None
+    collectives: dict[str, int] | None = None  # kind -> count in the compiled program
+    collective_bytes: dict[str, int] | None = None  # kind -> bytes they produce per step
+    custom_calls: dict[str, int] | None = None  # GPU: library calls (cuDNN, cuBLAS) -> count
+    cudnn_convolutions: int | None = None  # GPU: convolutions handed to cuDNN
 
     @property
     def fits(self) -> bool | None:
@@ -148,9 +163,11 @@ def _hbm_error(
     what: str,
 ) -> HBMExceededError:
     over = needed - available
+    spec = target_spec(topology)
+    unit = device_word(spec)
     msg = (
-        f"{step} step does not fit on {topology}: {what} needs {needed / GiB:.2f} GiB per chip, "
-        f"a {chip_kind} chip has {available / GiB:.2f} GiB usable HBM "
+        f"{step} step does not fit on {topology}: {what} needs {needed / GiB:.2f} GiB per {unit}, "
+        f"{memory_phrase(spec, chip_kind)} "
         f"({over / GiB:.2f} GiB, {100 * over / available:.0f}% over). To fit, "
         f"{_knobs(config, step)}."
     )
@@ -258,11 +275,12 @@ def _new_report(
     impl: str,
 ) -> StepReport:
     """The report's identity fields (what was compiled, for which slice); no figures yet."""
-    chip, _ = parse_topology(topology)
+    spec = target_spec(topology)
     d = config.data
     pdb = int(config.train.per_device_batch if step == "train" else config.eval.per_device_batch)
     return StepReport(
-        topology=topology, generation=chip.generation, chip_kind=devices[0].device_kind,
+        topology=topology, generation=getattr(spec, "generation", getattr(spec, "name", "")),
+        chip_kind=devices[0].device_kind,
         chips=len(devices), hosts=len({dev.process_index for dev in devices}), step=step,
         impl=impl, dtype=str(config.model.dtype), n_ways=int(d.n_ways), n_shots=int(d.n_shots),
         n_queries=int(d.n_queries), image_size=tuple(int(s) for s in d.image_size),
@@ -277,16 +295,16 @@ def _lower_and_compile(
     check_hbm: bool,
 ) -> tuple[Any, int] | None:
     """``(compiled, state bytes)``, or None with ``report.status='unsupported'`` (a pmap that
-    this slice cannot run); over-HBM configurations raise :class:`HBMExceededError`."""
-    chip, _ = parse_topology(report.topology)
+    this slice cannot run) or ``'failed'`` (XLA could not compile the step: the reason in
+    ``report.note``); over-HBM configurations raise :class:`HBMExceededError`."""
+    available = usable_bytes(target_spec(report.topology))
     step, impl, topology = report.step, report.impl, report.topology
     lower, arg_bytes, state_bytes = _lowerable(config, step, impl, devices)
 
     def refuse(needed: int, what: str) -> HBMExceededError:
-        return _hbm_error(config, step, topology, report.chip_kind, chip.hbm_usable_bytes,
-                          needed, what)  # fmt: skip
+        return _hbm_error(config, step, topology, report.chip_kind, available, needed, what)
 
-    if check_hbm and arg_bytes > chip.hbm_usable_bytes:  # refuse before a long compile
+    if check_hbm and arg_bytes > available:  # refuse before a long compile
         raise refuse(arg_bytes, "its arguments alone")
     t0 = time.perf_counter()
     try:
@@ -305,7 +323,8 @@ def _lower_and_compile(
             needed = _oom_bytes(str(e)) or arg_bytes
             raise refuse(needed, f"the compiler ({_first_line(e)})") from None
         if impl != "pmap":
-            raise
+            report.status, report.note = "failed", compile_failure(e)
+            return None
         report.status = "unsupported"
         report.note = f"jax.pmap does not compile for {topology}'s devices: {_first_line(e)}"
         return None
@@ -313,13 +332,31 @@ def _lower_and_compile(
     return compiled, state_bytes
 
 
-def _fill_figures(
-    report: StepReport, config: ml_collections.ConfigDict, compiled: Any, state_bytes: int
-) -> None:
-    """Memory (per chip), FLOPs and the roofline of a compiled step, into ``report``."""
-    chip, _ = parse_topology(report.topology)
-    d, train = config.data, report.step == "train"
-    mem, cost = compiled.memory_analysis(), _first_cost(compiled)
+# The first frame of XLA's "Suspected Python Code Location:" list: '<path>:<line>:<col> [<fn>]'.
+_WHERE = re.compile(
+    r"Suspected Python Code Location:\s*\n\s*\S*?(panet_jax/[\w/]+\.py:\d+)\S* \[(\w+)\]"
+)
+
+
+def compile_failure(error: BaseException, limit: int = 240) -> str:
+    """One line for an XLA compile error: its first line (cut at ``limit`` characters), the
+    model code it points at, and for XLA's GPU Triton GEMM tiling failures the flag that
+    avoids them."""
+    note = f"XLA could not compile it: {errors.first_line(error, limit)}"
+    where = _WHERE.search(str(error))
+    if where:
+        note += f" (from {where.group(2)} at {where.group(1)})"
+    if "Couldn't find output tile sizes" in str(error):
+        note += (
+            "; XLA_FLAGS=--xla_gpu_enable_triton_gemm=false leaves such dots to cuBLAS (a GPU "
+            "compiles with autotuning, which a compile without one skips: try it there too)"
+        )
+    return note
+
+
+def _fill_memory(report: StepReport, compiled: Any, state_bytes: int) -> None:
+    """Memory per chip of a compiled step (XLA's memory analysis), into ``report``."""
+    mem, train = compiled.memory_analysis(), report.step == "train"
     report.argument_bytes = int(mem.argument_size_in_bytes)
     report.output_bytes = int(mem.output_size_in_bytes)
     report.alias_bytes = int(mem.alias_size_in_bytes)
@@ -333,20 +370,46 @@ def _fill_figures(
     # saved once the next loss is known to be finite): that copy lives beside the step.
     report.state_bytes = state_bytes if train else None
     report.resident_bytes = report.peak_bytes + (state_bytes if train else 0)
-    report.hbm_bytes = chip.hbm_usable_bytes
-    report.flops = float(cost.get("flops", 0.0)) or None
-    report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
-    report.flops_total = None if report.flops is None else report.flops * report.chips
+    report.hbm_bytes = usable_bytes(target_spec(report.topology))
+
+
+def _fill_cost(report: StepReport, config: ml_collections.ConfigDict, compiled: Any) -> None:
+    """FLOPs and bytes of one step per chip, and what the compiled program calls."""
+    d = config.data
     if config.model.encoder == "vgg16":
         images = int(d.n_ways) * int(d.n_shots) + int(d.n_queries)
-        per_image = vgg_conv_flops(d.image_size, float(config.model.width), train=train)
+        width, train = float(config.model.width), report.step == "train"
+        per_image = vgg_conv_flops(d.image_size, width, train=train)
         report.conv_flops = float(per_image * images * report.per_device_batch)
-    report.peak_flops = chip.peak_bf16_flops / matmul_passes(report.dtype)
-    report.hbm_bandwidth = chip.hbm_bandwidth
+    text = compiled.as_text()
+    report.collectives = dict(hlo.collectives(text))
+    report.collective_bytes = dict(hlo.collective_bytes(text))
+    if isinstance(target_spec(report.topology), gpus.GpuSpec):
+        # cost_analysis() is not implemented for a GPU compiled without one: XLA's cost model
+        # of the compiled module, the cuDNN convolutions counted exactly (panet_jax.aot.hlo).
+        report.custom_calls = dict(hlo.custom_calls(text))
+        report.cudnn_convolutions = hlo.cudnn_convolutions(text)
+        cost = hlo.program_cost(compiled, text)
+        if cost is not None:
+            report.bytes_accessed = cost[1]
+            if report.conv_flops is not None:
+                report.flops = report.conv_flops + cost[0]
+    else:
+        cost = _first_cost(compiled)
+        report.flops = float(cost.get("flops", 0.0)) or None
+        report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
+    report.flops_total = None if report.flops is None else report.flops * report.chips
+
+
+def _fill_roofline(report: StepReport) -> None:
+    """Compute and memory time of one step from the target's published peaks."""
+    spec = target_spec(report.topology)
+    report.peak_flops = peak_flops(spec, report.dtype)
+    report.hbm_bandwidth = spec.hbm_bandwidth
     if report.flops is not None:
         report.compute_s = report.flops / report.peak_flops
     if report.bytes_accessed is not None:
-        report.memory_s = report.bytes_accessed / chip.hbm_bandwidth
+        report.memory_s = report.bytes_accessed / spec.hbm_bandwidth
     times = [t for t in (report.compute_s, report.memory_s) if t is not None]
     if times:
         report.roofline_s = max(times)
@@ -372,7 +435,10 @@ def compile_step(
     result = _lower_and_compile(config, report, devices, check_hbm)
     if result is None:
         return report
-    _fill_figures(report, config, *result)
+    compiled, state_bytes = result
+    _fill_memory(report, compiled, state_bytes)
+    _fill_cost(report, config, compiled)
+    _fill_roofline(report)
     if check_hbm:
         check_fits(report, config)
     return report
@@ -401,12 +467,14 @@ def compile_for_topology(
     check_hbm: bool = True,
     on_report: Callable[[StepReport], None] | None = None,
 ) -> list[StepReport]:
-    """Compile the train / eval steps of ``config`` for a TPU slice, e.g. ``'v5e:4x4'``.
+    """Compile the train / eval steps of ``config`` for a TPU slice, e.g. ``'v5e:4x4'``, or a
+    GPU machine, e.g. ``'h100:1x8'``.
 
     Args:
       config: an experiment config (``configs/*.py``); the data-parallel mesh is every chip
         of the slice (of all ``num_slices`` slices), across hosts.
-      topology: ``<generation>:<shape>`` (:func:`parse_topology`).
+      topology: ``<generation>:<shape>`` (:func:`parse_topology`) or
+        ``<gpu>:<hosts>x<gpus per host>`` (:func:`panet_jax.aot.gpus.parse`).
       steps: of ``('train', 'eval')``; impls: forms of the train step, of
         ``('shard_map', 'pmap')`` (the evaluator only has the shard_map form: one eval row).
       check_hbm: raise :class:`HBMExceededError` when a step cannot fit (its arguments before
@@ -419,7 +487,7 @@ def compile_for_topology(
     if bad:
         raise ValueError(f"unknown steps/impls {bad}; expected steps {STEPS}, impls {IMPLS}")
     check_compilable(config, steps)
-    devices = tpu_devices(topology, num_slices=num_slices)
+    devices = target_devices(topology, num_slices=num_slices)
     name = topology if num_slices == 1 else f"{topology} x{num_slices}"
     reports = []
     for step in steps:
@@ -441,14 +509,36 @@ def _gib(n: float | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f}"
 
 
+def _fmt(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def _figures(r: StepReport) -> str:
+    """The figure columns of one compiled report's row."""
+    share = "" if not (r.conv_flops and r.flops) else f" ({100 * r.conv_flops / r.flops:.0f}%)"
+    pct = 100 * r.resident_bytes / r.hbm_bytes
+    calls = "-" if r.cudnn_convolutions is None else str(r.cudnn_convolutions)
+    coll = sum((r.collectives or {}).values())
+    return (
+        f"| {_gib(r.argument_bytes)} | {_gib(r.temp_bytes)} "
+        f"| {_gib(r.output_bytes - r.alias_bytes)} | {_gib(r.generated_code_bytes)} "
+        f"| {_gib(r.peak_bytes)} ({_gib(r.resident_bytes)}) / {_gib(r.hbm_bytes)} ({pct:.0f}%) "
+        f"| {_fmt(r.flops, 1e-9, '.1f')}{share} | {_fmt(r.bytes_accessed, 1e-9, '.2f')} "
+        f"| {_fmt(r.compute_s, 1e3, '.2f')} / {_fmt(r.memory_s, 1e3, '.2f')} "
+        f"| {_fmt(r.roofline_episodes_per_s, 1, '.0f')} | {calls} / {coll} "
+        f"| {r.lower_s:.1f} + {r.compile_s:.1f} |"
+    )
+
+
 def markdown_table(reports: Sequence[StepReport]) -> str:
-    """One row per report: memory per chip (GiB), FLOPs, roofline and compile time."""
+    """One row per report: memory per chip (GiB), FLOPs, roofline, library calls and
+    collectives, compile time."""
     head = (
         "| topology | chips (hosts) | step | impl | dtype | task | episodes/step "
-        "| args | temp | out - donated | code | peak (+ckpt copy) / HBM GiB per chip "
+        "| args | temp | out - donated | code | peak (+ckpt copy) / usable GiB per chip "
         "| GFLOP/chip (conv share) | GB accessed/chip | compute / memory roofline ms "
-        "| roofline episodes/s | lower + compile s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| roofline episodes/s | cuDNN convs / collectives | lower + compile s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for r in reports:
@@ -458,18 +548,9 @@ def markdown_table(reports: Sequence[StepReport]) -> str:
             f"| {r.episodes_per_step} "
         )
         if r.status != "compiled":
-            rows.append(lead + f"| {r.status}: {r.note} |" + " |" * 9)
+            rows.append(lead + f"| {r.status}: {r.note} |" + " |" * 10)
             continue
-        share = "" if not (r.conv_flops and r.flops) else f" ({100 * r.conv_flops / r.flops:.0f}%)"
-        pct = 100 * r.resident_bytes / r.hbm_bytes
-        rows.append(
-            lead + f"| {_gib(r.argument_bytes)} | {_gib(r.temp_bytes)} "
-            f"| {_gib(r.output_bytes - r.alias_bytes)} | {_gib(r.generated_code_bytes)} "
-            f"| {_gib(r.peak_bytes)} ({_gib(r.resident_bytes)}) / {_gib(r.hbm_bytes)} "
-            f"({pct:.0f}%) | {r.flops / 1e9:.1f}{share} | {r.bytes_accessed / 1e9:.2f} "
-            f"| {1e3 * r.compute_s:.2f} / {1e3 * r.memory_s:.2f} "
-            f"| {r.roofline_episodes_per_s:.0f} | {r.lower_s:.1f} + {r.compile_s:.1f} |"
-        )
+        rows.append(lead + _figures(r))
     return "\n".join(rows)
 
 
@@ -485,5 +566,22 @@ def chip_table() -> str:
             f"| {c.generation} | {c.device_kind} | {c.hbm_published} "
             f"| {c.hbm_usable_bytes / GiB:.2f} GiB | {c.hbm_bandwidth / 1e9:.0f} GB/s "
             f"| {c.peak_bf16_flops / 1e12:.0f} TFLOP/s | {c.source} |"
+        )
+    return "\n".join(rows)
+
+
+def gpu_table() -> str:
+    """The per-GPU figures used (Markdown)."""
+    rows = [
+        "| gpu | jax device_kind | memory (published) | usable (JAX's pool) | bandwidth "
+        "| peak bf16 / TF32 / fp32 | target config | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in gpus.GPUS.values():
+        rows.append(
+            f"| {g.name} | {g.device_kind} | {g.memory_published} "
+            f"| {g.usable_memory_bytes() / GiB:.2f} GiB | {g.hbm_bandwidth / 1e9:.0f} GB/s "
+            f"| {g.peak_bf16_flops / 1e12:.1f} / {g.peak_tf32_flops / 1e12:.1f} / "
+            f"{g.peak_f32_flops / 1e12:.1f} TFLOP/s | {g.xla_spec or '-'} | {g.source} |"
         )
     return "\n".join(rows)

@@ -13,14 +13,22 @@ Class ids are 1-based and equal the label values stored in the prepared masks:
   classes 1..520, validation 521..760, test 761..1000 (HSNet's class index + 1). A prepared
   dataset states its own split (``metadata['split_classes']``), which the episode sampler uses.
 
+* ``folder``: a user's folder (:mod:`panet_jax.data.builders.folder`): its classes, class split
+  or folds are in the prepared dataset's metadata (:mod:`panet_jax.data.folder_classes`);
+  here only the bounds: class ids up to 1000, up to ``MAX_FOLDER_FOLDS`` folds.
+
 Training classes are all the other classes of the dataset (FSS-1000: the training split's).
 """
 
 from __future__ import annotations
 
-NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20, "fss1000": 1000}
+MAX_FOLDER_FOLDS = 10
+NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20, "fss1000": 1000, "folder": 1000}
 NUM_FOLDS = 4
-FOLDS = {"pascal5i": NUM_FOLDS, "coco20i": NUM_FOLDS, "synthetic": NUM_FOLDS, "fss1000": 1}
+FOLDS = {"pascal5i": NUM_FOLDS, "coco20i": NUM_FOLDS, "synthetic": NUM_FOLDS, "fss1000": 1,
+         "folder": MAX_FOLDER_FOLDS}  # fmt: skip
+# Datasets whose classes are known only from the prepared dataset.
+PREPARED_CLASSES = ("folder",)
 # HSNet's FSS-1000 class split sizes: training, validation and test classes, in id order.
 FSS1000_SPLIT_SIZES = {"train": 520, "val": 240, "test": 240}
 COCO_SPLITS = ("panet", "interleaved")
@@ -30,6 +38,17 @@ VOC_CLASS_NAMES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
+
+
+def check_fold(dataset: str, fold: int, coco_split: str = "panet") -> None:
+    """``ValueError`` for an unknown dataset, a fold out of range or an unknown coco_split."""
+    _check(dataset, fold, coco_split)
+
+
+def _prepared_only(dataset: str) -> None:
+    if dataset in PREPARED_CLASSES:
+        raise ValueError(f"the classes of a {dataset} dataset are in its prepared metadata "
+                         "(panet_jax.data.folder_classes)")  # fmt: skip
 
 
 def _check(dataset: str, fold: int, coco_split: str) -> None:
@@ -53,6 +72,7 @@ def all_classes(dataset: str) -> list[int]:
 def test_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[int]:
     """Sorted held-out class ids of ``fold`` (5 for PASCAL/synthetic, 20 for COCO)."""
     _check(dataset, fold, coco_split)
+    _prepared_only(dataset)
     if dataset == "fss1000":
         return fss1000_split_classes("test")
     if dataset == "coco20i" and coco_split == "interleaved":
@@ -67,6 +87,7 @@ def train_classes(dataset: str, fold: int, coco_split: str = "panet") -> list[in
     if dataset == "fss1000":
         _check(dataset, fold, coco_split)
         return fss1000_split_classes("train")
+    _prepared_only(dataset)
     held_out = set(test_classes(dataset, fold, coco_split))
     return [c for c in all_classes(dataset) if c not in held_out]
 

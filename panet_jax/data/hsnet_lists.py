@@ -25,7 +25,7 @@ def write_hsnet_lists(builder: Any, out_dir: str | os.PathLike) -> list[str]:
     from panet_jax.data.pipeline import split_index  # TensorFlow
 
     dataset = DATASET_OF_BUILDER.get(builder.name)
-    if dataset not in folds.NUM_CLASSES or dataset == "fss1000":
+    if dataset not in folds.NUM_CLASSES or dataset in ("fss1000", *folds.PREPARED_CLASSES):
         raise ValueError(f"HSNet fold lists need PASCAL / COCO folds, not {builder.name}")
     splits = sorted(builder.info.splits)
     eval_split = "test" if "test" in splits else "val"

@@ -26,6 +26,7 @@ background; here the semantic masks give every way's pixels their label, as for 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
@@ -34,7 +35,15 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 import tensorflow_datasets as tfds
 
-from panet_jax.data import episodes, official_sampler, preprocess, raw_labels, weak
+from panet_jax.data import (
+    episodes,
+    folder_classes,
+    folds,
+    official_sampler,
+    preprocess,
+    raw_labels,
+    weak,
+)
 from panet_jax.data.builders import BUILDER_OF_DATASET, load_prepared
 from panet_jax.data.official_sampler import OfficialEpisode
 from panet_jax.data.sampler import (  # noqa: F401 (EpisodeConfig etc. are this API's too)
@@ -213,8 +222,13 @@ def make_sampler(
     """The prepared builder and the episode sampler of ``cfg`` (no TF graph)."""
     name = BUILDER_OF_DATASET[cfg.dataset]
     builder = load_prepared(name, data_dir=data_dir, config=cfg.builder_config)
+    metadata = builder.info.metadata or {}
+    if cfg.dataset in folds.PREPARED_CLASSES:  # a user's folder: classes from its metadata
+        cfg = folder_classes.resolve(cfg, metadata)
     split = cfg.resolved_split
     index = split_index(builder, split)
+    if cfg.dataset in folds.PREPARED_CLASSES:
+        index = dataclasses.replace(index, split_classes=tuple(folder_classes.pool(cfg, metadata)))
     exclude: frozenset[str] = frozenset()
     if cfg.protocol == "hsnet" and cfg.train and cfg.split is None:
         eval_split = DEFAULT_SPLITS[(cfg.dataset, "hsnet")][1]

@@ -50,6 +50,9 @@ DEFAULT_SPLITS = {
     ("synthetic", "hsnet"): ("train", "test"),
     ("fss1000", "panet"): ("train", "test"),
     ("fss1000", "hsnet"): ("train", "test"),
+    # A folder dataset prepared with folds has one split, 'images' (folder_classes.resolve).
+    ("folder", "panet"): ("train", "test"),
+    ("folder", "hsnet"): ("train", "test"),
 }
 DATASETS = tuple(sorted({d for d, _ in DEFAULT_SPLITS}))
 # Datasets whose official per-class image order comes from files or an API (the synthetic set
@@ -90,7 +93,7 @@ class EpisodeConfig:
         check("support_annotation", self.support_annotation, spec.SUPPORT_ANNOTATIONS)
         check("protocol", self.protocol, spec.PROTOCOLS)
         check("sampler", self.sampler, spec.SAMPLERS)
-        folds.test_classes(self.dataset, self.fold, self.coco_split)  # validates fold/split
+        folds.check_fold(self.dataset, self.fold, self.coco_split)
         for name in ("n_ways", "n_shots", "n_queries"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EpisodeConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -104,6 +107,9 @@ class EpisodeConfig:
             raise ValueError("protocol='hsnet' defines 1-way episodes with 1 query")
         if self.sampler == "official" and self.protocol != "panet":
             raise ValueError("sampler='official' replays the official PANet draw: protocol='panet'")
+        if self.sampler == "official" and self.dataset in folds.PREPARED_CLASSES:
+            raise ValueError(f"sampler='official': the official PANet code has no {self.dataset} "
+                             "episodes to replay; use sampler='stateless'")  # fmt: skip
 
     @property
     def resolved_split(self) -> str:

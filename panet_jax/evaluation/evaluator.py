@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from panet_jax import config as config_lib
-from panet_jax.data import folds, input_pipeline
+from panet_jax.data import folder_classes, folds, input_pipeline
 from panet_jax.data.spec import EPISODE_KEYS, zeros_episode
 from panet_jax.evaluation import metrics, original_size, overlays, reports
 from panet_jax.evaluation.reports import EPISODE_LIST, read_episode_list  # noqa: F401 (public names)
@@ -298,6 +298,15 @@ def _settings(
     }  # fmt: skip
 
 
+def _dataset_info(sampler: Any, builder: Any) -> dict[str, Any]:
+    """The split the episodes came from and, for a user's folder, its name and class split."""
+    out: dict[str, Any] = {"split": sampler.cfg.resolved_split}
+    if sampler.cfg.dataset in folds.PREPARED_CLASSES:
+        config_name = builder.builder_config.name if builder.builder_config else builder.name
+        out.update(folder_classes.report_info(config_name, builder.info.metadata or {}))
+    return out
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     variables: Mapping[str, Any],
@@ -346,7 +355,8 @@ def evaluate(
         seconds = time.perf_counter() - t0
     results = reports.summarize(runs, test_classes, names)
     results.update(runs=runs, seconds=seconds, episodes_per_s=total / max(seconds, 1e-9),
-                   settings=_settings(config, mesh, test_classes, layout.episodes, info or {}),
+                   settings=_settings(config, mesh, test_classes, layout.episodes,
+                                      {**_dataset_info(sampler, builder), **(info or {})}),
                    output_dir=None if out_dir is None else str(out_dir))  # fmt: skip
     if is_main:
         print(reports.markdown_tables(results), flush=True)

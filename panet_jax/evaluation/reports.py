@@ -164,6 +164,14 @@ def scoring_note(settings: Mapping[str, Any]) -> str:
     return f"{where}, {kept}"
 
 
+def dataset_note(settings: Mapping[str, Any]) -> list[str]:
+    """A user's folder: its name and class split (how its test classes were chosen)."""
+    if not settings.get("class_split"):
+        return []
+    name, split = settings.get("dataset_name"), settings["class_split"]
+    return [f"Dataset `{name}`; class split: {split}.", ""]
+
+
 def markdown_report(results: Mapping[str, Any]) -> str:
     """``results.md``: the settings in a paragraph, the metric definitions, the tables."""
     s = results["settings"]
@@ -178,6 +186,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"{s['per_device_batch']} episodes/step; {results['seconds']:.0f} s "
         f"({results['episodes_per_s']:.1f} episodes/s).",
         "",
+        *dataset_note(s),
         "Official metric: per run, TP/FP/FN summed per class over all episodes, counted for a "
         "class only in queries whose ground truth contains it (PANet `util/metric.py`); mIoU = "
         "mean class IoU over the test classes; FB-IoU = mean of bg and pooled-fg IoU. Strict: "

@@ -24,11 +24,11 @@ from paths import REPO
 
 from panet_jax import config as config_lib
 from panet_jax import ops
-from panet_jax.data import builders
+from panet_jax.data import builders, preprocess
 from panet_jax.data.pipeline import EpisodeConfig, EpisodeSampler, make_sampler, split_index
 from panet_jax.data.raw_labels import object_pixels
 from panet_jax.evaluation import evaluator, metrics, original_size
-from panet_jax.models import preprocess, registry
+from panet_jax.models import registry
 from panet_jax.train import state as train_state
 
 

@@ -6,6 +6,9 @@ builder name       episode ``dataset``     source
 ``pascal_voc_aug`` ``pascal5i``            VOC2012 + SBD masks in ``manual_dir``
 ``coco20i``        ``coco20i``             COCO 2014 json + images in ``manual_dir``
 ``synthetic_fss``  ``synthetic``           generated locally (no ``manual_dir``)
+``fss1000``        ``fss1000``             FSS-1000 class folders in ``manual_dir``
+``folder``         ``folder``              the user's folder in ``manual_dir``; one builder
+                                           config per folder (:mod:`.folder`)
 =================  ======================  ==============================================
 
 All are written as ``array_record`` (random access through ``builder.as_data_source``).
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from panet_jax.data.builders.coco import Coco20i
+from panet_jax.data.builders.folder import Folder
 from panet_jax.data.builders.fss1000 import Fss1000
 from panet_jax.data.builders.synthetic import SyntheticFss
 from panet_jax.data.builders.voc import PascalVocAug
@@ -37,6 +41,7 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "coco20i": Coco20i,
     "synthetic_fss": SyntheticFss,
     "fss1000": Fss1000,
+    "folder": Folder,
 }
 # EpisodeConfig.dataset -> builder name
 BUILDER_OF_DATASET = {
@@ -44,9 +49,11 @@ BUILDER_OF_DATASET = {
     "coco20i": "coco20i",
     "synthetic": "synthetic_fss",
     "fss1000": "fss1000",
+    "folder": "folder",
 }
 DATASET_OF_BUILDER = {builder: dataset for dataset, builder in BUILDER_OF_DATASET.items()}
 FILE_FORMAT = "array_record"
+ConfigArg = str | tfds.core.BuilderConfig | None  # a config name, or a config (folder)
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "BUILDER_OF_DATASET",
     "DATASET_OF_BUILDER",
     "Coco20i",
+    "Folder",
     "Fss1000",
     "PascalVocAug",
     "SyntheticFss",
@@ -71,28 +79,36 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 
 
 def get_builder(
-    name: str, *, data_dir: str | os.PathLike | None, config: str | None = None
-) -> tfds.core.GeneratorBasedBuilder:
+    name: str, *, data_dir: str | os.PathLike | None,
+    config: ConfigArg = None,
+) -> tfds.core.GeneratorBasedBuilder:  # fmt: skip
     """The builder ``name`` rooted at ``data_dir`` (``None``/'' -> ``$TFDS_DATA_DIR`` or
-    ``~/tensorflow_datasets``), prepared or not."""
+    ``~/tensorflow_datasets``), prepared or not. ``folder`` makes its config from a name."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset builder {name!r}; expected one of {sorted(BUILDERS)}")
+    if name == "folder" and not config:
+        raise ValueError(
+            "the folder dataset needs its name: --builder_config=<name> (prepare_data.py: "
+            "default the folder's name), config.data.builder_config, or configs/folder.py:path="
+        )
+    if name == "folder" and isinstance(config, str):
+        config = Folder.config_from_name(config)
     kwargs = {"config": config} if config else {}
     return BUILDERS[name](data_dir=_resolve_data_dir(data_dir), file_format=FILE_FORMAT, **kwargs)
 
 
-def prepare_command(name: str, data_dir: str | None, config: str | None = None) -> str:
+def prepare_command(name: str, data_dir: str | None, config: ConfigArg = None) -> str:
     """The shell command that prepares ``name`` (used in error messages)."""
     cmd = f"python experiments/prepare_data.py --dataset={name}"
     if name != "synthetic_fss":
         cmd += " --manual_dir=<folder with the raw files>"
     if config:
-        cmd += f" --builder_config={config}"
+        cmd += f" --builder_config={getattr(config, 'name', config)}"
     return cmd + f" --data_dir={data_dir or '<data_dir>'}"
 
 
 def load_prepared(
-    name: str, *, data_dir: str | os.PathLike | None, config: str | None = None
+    name: str, *, data_dir: str | os.PathLike | None, config: ConfigArg = None
 ) -> tfds.core.GeneratorBasedBuilder:
     """The prepared builder, or ``FileNotFoundError`` saying how to prepare it."""
     builder = get_builder(name, data_dir=data_dir, config=config)
@@ -180,7 +196,7 @@ def prepare(
     *,
     data_dir: str | os.PathLike | None,
     manual_dir: str | os.PathLike | None = None,
-    config: str | None = None,
+    config: ConfigArg = None,
     overwrite: bool = False,
 ) -> tfds.core.GeneratorBasedBuilder:
     """Prepare dataset ``name`` under ``data_dir``; return the prepared builder.
@@ -206,8 +222,8 @@ def prepare(
         )
     if builder.is_prepared() and not overwrite:
         raise FileExistsError(
-            f"{name} is already prepared at {os.fspath(builder.data_path)}; "
-            "pass overwrite=True (--overwrite) to rebuild it"
+            f"{name} is already prepared at {os.fspath(builder.data_path)}"
+            f"{_source_note(builder, manual_dir)}; pass overwrite=True (--overwrite) to rebuild it"
         )
     with _preparation_lock(data_dir, name):
         _remove_leftovers(builder, data_dir, name)
@@ -218,9 +234,18 @@ def prepare(
     return get_builder(name, data_dir=data_dir, config=config)
 
 
+def _source_note(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None) -> str:
+    """For a folder dataset prepared from another folder: which one, and how to keep both."""
+    source = (builder.info.metadata or {}).get("source")
+    if not source or not manual_dir or os.path.abspath(manual_dir) == source:
+        return ""
+    return (f" from another folder, {source} (prepare {os.fspath(manual_dir)} beside it with "
+            "--builder_config=<another name>)")  # fmt: skip
+
+
 def _prepare_replacing(
     builder: tfds.core.DatasetBuilder, name: str, data_dir: str,
-    manual_dir: str | os.PathLike | None, config: str | None,
+    manual_dir: str | os.PathLike | None, config: ConfigArg,
 ) -> None:  # fmt: skip
     """Prepare into a staging folder, then swap it in for the old dataset."""
     staging = tempfile.mkdtemp(prefix=f".staging-{name}-", dir=data_dir)

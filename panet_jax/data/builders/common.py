@@ -156,6 +156,19 @@ def read_label_png(path: os.PathLike | str, what: str = "mask") -> np.ndarray:
         raise ValueError(f"corrupt or unreadable {what} {path}: {e}") from e
 
 
+def read_grey_png(path: os.PathLike | str, what: str = "mask") -> np.ndarray:
+    """Any image file as ``[H, W]`` uint8 grey levels (``Image.open(path).convert('L')``: RGB,
+    RGBA, palette and grayscale PNGs alike)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("L"), dtype=np.uint8)
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        raise ValueError(f"corrupt or unreadable {what} {path}: {e}") from e
+
+
 def check_shape(array: np.ndarray, hw: tuple[int, int], path: str, image_path: str) -> None:
     """Raise ``ValueError`` naming both files if a mask's shape differs from its image."""
     if array.shape[:2] != tuple(hw):

@@ -46,9 +46,13 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from panet_jax.data.builders import common
+from panet_jax.data.builders.class_split import (
+    check_disjoint,
+    read_class_list,
+    seeded_partition,
+)
 
 SPLITS = ("train", "val", "test")
 HSNET_LIST_NAMES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
@@ -144,20 +148,6 @@ def class_folders(root: str) -> list[str]:
         )
 
 
-def read_class_list(path: str) -> list[str]:
-    """Non-empty stripped lines of a class list; ``ValueError`` on duplicates or no names."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class list not found: {path}")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"class list {path} names no class")
-    dups = sorted({n for n in names if names.count(n) > 1})
-    if dups:
-        raise ValueError(f"class list {path} names some classes more than once: {dups[:5]}")
-    return names
-
-
 def _check_folders(root: str, names: list[str], list_path: str) -> None:
     for name in names:
         folder = os.path.join(root, name)
@@ -206,14 +196,7 @@ def hsnet_split(
             )
         lists[split] = read_class_list(paths[split])
         _check_folders(root, lists[split], paths[split])
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            both = sorted(set(lists[a]) & set(lists[b]))
-            if both:
-                raise ValueError(
-                    f"the class lists {paths[a]} and {paths[b]} overlap "
-                    f"({len(both)} classes, e.g. {both[:5]}); they must be disjoint"
-                )
+    check_disjoint(lists, paths)
     if official_test is not None and os.path.isfile(official_test):
         official = set(read_class_list(official_test))
         if official != set(lists["test"]):
@@ -242,13 +225,12 @@ def hsnet_split(
 
 def seeded_train_val(names: list[str], seed: int = FALLBACK_SEED) -> tuple[list[str], list[str]]:
     """Split ``names`` 520:240: sorted, permuted by ``RandomState(seed)``, first part train."""
-    rest = sorted(names)
-    n = len(rest)
+    n = len(names)
     if n < 2:
         raise ValueError(f"need at least 2 non-test classes for a train/val split, got {n}")
     n_train = min(max((n * 520 + 380) // 760, 1), n - 1)  # round half up, both non-empty
-    perm = np.random.RandomState(seed).permutation(n)
-    return sorted(rest[i] for i in perm[:n_train]), sorted(rest[i] for i in perm[n_train:])
+    train, val = seeded_partition(names, [n_train, n - n_train], seed)
+    return train, val
 
 
 def fallback_split(root: str, test_list: str) -> ClassSplit:
@@ -348,13 +330,7 @@ def image_pairs(root: str, name: str) -> list[tuple[str, str, str]]:
 def read_mask(path: str) -> np.ndarray:
     """HSNet's mask: ``Image.open(path).convert('L') >= 128`` as a 0/1 uint8 ``[H, W]`` array
     (RGB, RGBA, palette and grayscale PNGs alike)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            grey = np.array(im.convert("L"), dtype=np.uint8)
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
-        raise ValueError(f"corrupt or unreadable mask {path}: {e}") from e
+    grey = common.read_grey_png(path)
     return (grey >= MASK_THRESHOLD).astype(np.uint8)
 
 
