@@ -82,7 +82,7 @@ def _model_section() -> ml_collections.ConfigDict:
     # DINOv2 encoders: the block whose normed patch tokens are the features (-1: the last).
     s.feature_layer = -1
     # Foreground prototypes per class: 1 = PANet's one mean; k > 1 = cosine k-means of the
-    # support foreground features (ops.kmeans_prototypes), a pixel scored by its best one.
+    # support foreground features (ops.multi_prototype_scores), a pixel scored by its best one.
     s.prototypes_per_class = 1
     return s
 

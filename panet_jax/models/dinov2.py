@@ -120,8 +120,9 @@ class Attention(nn.Module):
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.num_heads, c // self.num_heads), 2, 0)
         # softmax(q k^T / sqrt(head_dim)) v, the softmax in at least float32 (by hand:
         # jax.nn.dot_product_attention rounds float64 logits to float32).
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (c // self.num_heads) ** -0.5
-        probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+        acc = jnp.promote_types(q.dtype, jnp.float32)  # bfloat16 inputs: float32 logits
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)
+        probs = jax.nn.softmax(logits * (c // self.num_heads) ** -0.5, axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         return _dense(c, "proj", self.dtype, self.param_dtype)(out.reshape(b, t, c))
 
