@@ -108,7 +108,12 @@ def run_cell(config: ml_collections.ConfigDict, workdir: str, result: str) -> di
 
     t0 = time.perf_counter()
     c = training_config(config, FLAGS.curve_every)
-    state, _ = trainer.train(c, workdir)
+    state, trained = trainer.train(c, workdir)
+    if trained["preempted"]:
+        raise InterruptedError(
+            f"training stopped at step {trained['step']} (preempted); run the cell again to "
+            "resume it from its checkpoint"
+        )
     train_curves = read_scalars(workdir, CURVE_TAGS)
     curve = held_out_curve(c, workdir, FLAGS.curve_episodes)
     final = {a: score(c, state.variables(), a, FLAGS.final_episodes) for a in FLAGS.annotations}

@@ -1,7 +1,8 @@
 """Run the cells of a grid one after another, each in its own subprocess.
 
-A cell whose result JSON exists is finished and never re-run; a cell that fails (non-zero
-exit, or no result) is reported with the last lines of its log and the others go on. Each
+A cell whose result JSON exists (written by the same command) is finished and never re-run;
+a cell that fails (non-zero exit, or no result), or whose result came from another command, is
+reported with the last lines of its log and the others go on. Each
 cell's output goes to ``<out>/cells/<name>.log``; a progress line (done / failed, ETA from
 the cells run so far) is printed after each.
 """
@@ -9,6 +10,7 @@ the cells run so far) is printed after each.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -42,6 +44,20 @@ def write_commands(out: Path, commands: Sequence[Sequence[str]]) -> Path:
     lines = ["#!/bin/sh", "# One line per cell of the grid; each is independent.", "set -e"]
     text = "\n".join([*lines, *map(grid_lib.shell_line, commands)]) + "\n"
     return files.atomic_write(out / COMMANDS_FILE, text, overwrite=True)
+
+
+def finished_state(result: Path, argv: Sequence[str]) -> str:
+    """``'todo'`` (no result), ``'done'`` (a result of this very command: skip it), or why a
+    result of another command is in the way (it is kept; the cell is reported, not re-run)."""
+    if not result.exists():
+        return "todo"
+    stored = json.loads(result.read_text()).get("command", [])[1:]
+    if stored == list(argv[3:]):  # argv: python -m <module> <flags...>; stored: <file> <flags>
+        return "done"
+    return (
+        f"{result} holds the result of another command (a different config, grid or "
+        "override); delete it or use another --out"
+    )
 
 
 def _log_tail(path: Path) -> str:
@@ -85,8 +101,16 @@ def run_grid(
     (out / grid_lib.CELLS_DIR).mkdir(parents=True, exist_ok=True)
     commands = [grid_lib.cell_command(grid, c, config, out, extra) for c in cells]
     write_commands(out, commands)
-    run = GridRun(skipped=[c.name for c in cells if result_path(out, c).exists()])
-    todo = [(c, cmd) for c, cmd in zip(cells, commands, strict=True) if c.name not in run.skipped]
+    run, todo = GridRun(), []
+    for cell, argv in zip(cells, commands, strict=True):
+        state = finished_state(result_path(out, cell), argv)
+        if state == "todo":
+            todo.append((cell, argv))
+        elif state == "done":
+            run.skipped.append(cell.name)
+        else:
+            run.failed[cell.name] = state
+            echo(f"cell {cell.name} not run: {state}")
     echo(f"grid: {len(cells)} cells, {len(run.skipped)} already finished, {len(todo)} to run")
     spent = 0.0
     for i, (cell, argv) in enumerate(todo, start=1):
