@@ -9,6 +9,8 @@ reference scores pooled over all queries (the official ``alignLoss``), and measu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,7 @@ def random_episode(seed, n_ways, n_shots, n_queries, feat_hw=(5, 7), image_hw=(1
     return supp, fg, bg, qry
 
 
+@functools.partial(jax.jit, static_argnums=4)
 def jax_distances(supp, fg, bg, qry, dtype):
     as_ = lambda x: jnp.asarray(x, dtype)
     scores = ops.query_scores(as_(qry), as_(supp), as_(fg), as_(bg))
@@ -104,7 +107,7 @@ def test_random_episodes_float64_and_float32(n_ways, n_shots, n_queries):
     for g, w in zip(got64[:2], want[:2], strict=True):
         np.testing.assert_allclose(np.asarray(g), w, rtol=tol.EXACT64, atol=tol.EXACT64)
     np.testing.assert_array_equal(np.asarray(got64[2]), want[2])
-    got32 = jax.jit(jax_distances, static_argnums=4)(supp, fg, bg, qry, jnp.float32)
+    got32 = jax_distances(supp, fg, bg, qry, jnp.float32)
     for g, w in zip(got32[:2], want[:2], strict=True):
         assert tol.rel_err(g, w) <= RTOL32
 
@@ -113,9 +116,9 @@ def test_class_missing_from_prediction_or_support_is_not_valid():
     supp, fg, bg, qry = random_episode(3, 2, 1, 1)
     fg[1] = 0.0  # way 2 has no support pixels
     with jax.enable_x64(True):
-        scores = np.asarray(ops.query_scores(qry, supp, fg, bg), np.float64)
+        scores = np.asarray(jax.jit(ops.query_scores)(qry, supp, fg, bg), np.float64)
         scores[..., 1] = -100.0  # way 1 is predicted nowhere
-        _, _, valid = ops.prototype_distances(
+        _, _, valid = jax.jit(ops.prototype_distances)(
             jnp.asarray(qry, jnp.float64), jnp.asarray(scores), jnp.asarray(supp, jnp.float64),
             jnp.asarray(fg, jnp.float64), jnp.asarray(bg, jnp.float64),
         )  # fmt: skip
@@ -145,8 +148,8 @@ def test_batch_metric_averages_valid_pairs_and_has_no_gradient():
             out = model_lib.panet_head(sf, qf, episodes["support_fg"], episodes["support_bg"])
             return model_lib.prototype_distance_metrics(out, episodes)
 
-        got = metric(f64(supp), f64(qry))
-        grads = jax.grad(lambda s, q: sum(metric(s, q).values()), argnums=(0, 1))(
+        got = jax.jit(metric)(f64(supp), f64(qry))
+        grads = jax.jit(jax.grad(lambda s, q: sum(metric(s, q).values()), argnums=(0, 1)))(
             f64(supp), f64(qry)
         )
         assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in grads)

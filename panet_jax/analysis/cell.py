@@ -29,7 +29,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from panet_jax import cli, files
+from panet_jax import cli, config_base, files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file of the cell.", lock_config=True)
@@ -142,6 +142,8 @@ def main(argv: list[str]) -> None:
     if Path(FLAGS.result).exists():
         logging.info("%s exists: cell already done", FLAGS.result)
         return
+    # Every key checked before JAX / TensorFlow are imported: a bad cell fails in a second.
+    config_base.validate(FLAGS.config, train=True, evaluate=True)
     out = run_cell(FLAGS.config, FLAGS.workdir, FLAGS.result)
     logging.info("final: %s", json.dumps(out["final"], sort_keys=True))
 
