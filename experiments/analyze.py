@@ -24,7 +24,7 @@ from pathlib import Path
 
 from absl import flags
 
-from panet_jax import cli
+from panet_jax import cli, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     print(f"report written: {', '.join(str(p) for p in written)}", flush=True)
     if run is not None and run.failed:
         names = ", ".join(sorted(run.failed))
-        cli.fail("analyze", RuntimeError(f"{len(run.failed)} cell(s) failed: {names}"))
+        raise errors.CommandFailed(f"{len(run.failed)} cell(s) failed: {names}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ r"""One analysis cell: train a config, score its checkpoints on the test fold, w
         --workdir=runs/analysis/cells/fold0_1shot_par1_seed0 \
         --result=runs/analysis/cells/fold0_1shot_par1_seed0.json --config.train.par_weight=1
 
-1. :func:`panet_jax.trainer.train` into ``--workdir`` with a checkpoint every ``--curve_every``
-   steps, all of them kept (an interrupted cell resumes from its newest checkpoint);
+1. :func:`panet_jax.train.trainer.train` into ``--workdir`` with a checkpoint every
+   ``--curve_every`` steps, all of them kept (an interrupted cell resumes from its newest
+   checkpoint);
 2. the training curves (losses, prototype distances) read back from its TensorBoard events;
 3. every checkpoint scored on the held-out classes (dense supports, one run of
    ``--curve_episodes``): the mIoU / FB-IoU curve;
@@ -29,7 +30,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from panet_jax import cli, config_base, files
+from panet_jax import cli, files
+from panet_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file of the cell.", lock_config=True)
@@ -76,18 +78,19 @@ def score(
     config: ml_collections.ConfigDict, variables: Any, annotation: str, episodes: int
 ) -> dict[str, float]:
     """Test-fold mIoU / FB-IoU of ``variables``: one run of ``episodes`` with ``annotation``."""
-    from panet_jax import evaluation
+    from panet_jax.evaluation import evaluator
 
     c = config.copy_and_resolve_references()
     c.eval.runs, c.eval.episodes, c.eval.support_annotation = 1, episodes, annotation
-    r = evaluation.evaluate(c, variables, workdir=None, progress=False)
+    r = evaluator.evaluate(c, variables, workdir=None, progress=False)
     return {"miou": float(r["miou_mean"]), "fbiou": float(r["fbiou_mean"])}
 
 
 def held_out_curve(config: ml_collections.ConfigDict, workdir: str, episodes: int) -> dict:
     """``{'steps', 'miou', 'fbiou'}`` of every checkpoint in ``workdir`` (dense supports)."""
-    from panet_jax import checkpointing, loading
-    from panet_jax import workdir as workdir_lib
+    from panet_jax.inference import loading
+    from panet_jax.train import checkpointing
+    from panet_jax.train import workdir as workdir_lib
 
     ckpt_dir = Path(workdir) / workdir_lib.CHECKPOINT_DIR
     with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
@@ -104,7 +107,7 @@ def held_out_curve(config: ml_collections.ConfigDict, workdir: str, episodes: in
 
 def run_cell(config: ml_collections.ConfigDict, workdir: str, result: str) -> dict[str, Any]:
     """Train, score and write the cell's result (see the module docstring)."""
-    from panet_jax import trainer
+    from panet_jax.train import trainer
 
     t0 = time.perf_counter()
     c = training_config(config, FLAGS.curve_every)
@@ -143,7 +146,7 @@ def main(argv: list[str]) -> None:
         logging.info("%s exists: cell already done", FLAGS.result)
         return
     # Every key checked before JAX / TensorFlow are imported: a bad cell fails in a second.
-    config_base.validate(FLAGS.config, train=True, evaluate=True)
+    config_lib.validate(FLAGS.config, train=True, evaluate=True)
     out = run_cell(FLAGS.config, FLAGS.workdir, FLAGS.result)
     logging.info("final: %s", json.dumps(out["final"], sort_keys=True))
 

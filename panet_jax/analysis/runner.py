@@ -19,7 +19,7 @@ from pathlib import Path
 
 from panet_jax import files
 from panet_jax.analysis import grid as grid_lib
-from panet_jax.train_logging import format_duration
+from panet_jax.train.summaries import format_duration
 
 COMMANDS_FILE = "commands.sh"
 LOG_TAIL_LINES = 3

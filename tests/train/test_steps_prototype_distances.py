@@ -9,9 +9,9 @@ import numpy as np
 import tolerances as tol
 import train_helpers
 
-from panet_jax import steps
-from panet_jax import train_state as ts
 from panet_jax.model import PROTOTYPE_DISTANCE_KEYS, panet_loss
+from panet_jax.train import state as ts
+from panet_jax.train import steps
 
 
 def reference_update(state, batch, par_weight):
