@@ -13,6 +13,7 @@ from panet_jax.analysis import table
 
 DPI = 80
 COLORS = {0.0: "tab:blue", 1.0: "tab:red"}
+LOG_SCALE = ("proto_l2",)  # the Euclidean distance spans orders of magnitude early on
 CURVE_TITLES = {
     "loss_seg": "training loss L_seg",
     "miou": "held-out mIoU (dense)",
@@ -55,6 +56,8 @@ def curves_figure(grid: grid_lib.Grid, cells: dict, names: tuple[str, ...], path
                 color = COLORS.get(par)
                 ax.plot(c["steps"], c["mean"], color=color, label=table.method(par))
                 ax.fill_between(c["steps"], lo, hi, color=color, alpha=0.2, linewidth=0)
+            if name in LOG_SCALE:
+                ax.set_yscale("log")
             ax.set_title(f"{shots}-shot: {CURVE_TITLES.get(name, name)}", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
