@@ -60,8 +60,8 @@ def _model(path: Path, size: int, width: float) -> Path:
     import jax
     import jax.numpy as jnp
 
-    from panet_jax import pretrained
     from panet_jax.models.vgg import VGG16Encoder
+    from panet_jax.models.weights import vgg as pretrained
 
     encoder = VGG16Encoder(width=width)
     params = jax.jit(encoder.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]

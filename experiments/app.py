@@ -42,10 +42,10 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from panet_jax import predictor
     from panet_jax.app import limits
     from panet_jax.app.segmenter import Segmenter
     from panet_jax.app.sessions import Sessions
+    from panet_jax.inference import predictor
 
     if not 1 <= FLAGS.port <= 65535:
         raise cli.FlagError(f"--port={FLAGS.port}: expected 1 to 65535")

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from panet_jax.data import weak
-from panet_jax.user_images import PathLike, load_mask
+from panet_jax.inference.user_images import PathLike, load_mask
 
 KINDS = ("dense", "scribble", "bbox", "file")
 UNLABELLED = 255  # ScribbleAugAuto: not scribbled

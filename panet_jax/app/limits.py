@@ -1,6 +1,6 @@
 """The page's limits on what a user may upload or ask for."""
 
-from panet_jax.predictor import MAX_IMAGE_SIDE, MAX_SUPPORTS
+from panet_jax.inference.predictor import MAX_IMAGE_SIDE, MAX_SUPPORTS
 
 __all__ = ["MAX_CLASSES", "MAX_FILE_SIZE", "MAX_IMAGE_SIDE", "MAX_QUERIES", "MAX_SUPPORTS"]
 

@@ -18,11 +18,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from panet_jax import cli
+from panet_jax import cli, errors
 from panet_jax.app import annotations, limits
 from panet_jax.app.segmenter import Segmenter
 from panet_jax.app.sessions import Sessions, Support, save_support
-from panet_jax.user_images import load_image
+from panet_jax.inference.user_images import load_image
 
 KIND_LABELS = {
     "Paint mask": "dense",
@@ -53,7 +53,7 @@ def guarded(n_outputs: int) -> Callable[[Callable[..., tuple]], Callable[..., tu
         def handler(*args: Any, **kwargs: Any) -> tuple:
             try:
                 return fn(*args, **kwargs)
-            except cli.EXPECTED_ERRORS as e:
+            except errors.EXPECTED_ERRORS as e:
                 message = f"⚠️ {cli.error_message(e)}"
             except Exception:  # a bug: the server log has the traceback, the page a line
                 log.exception("%s failed", fn.__name__)

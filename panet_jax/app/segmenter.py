@@ -21,10 +21,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from panet_jax import loading, predictor, visualize
 from panet_jax.app import limits
 from panet_jax.app.sessions import Support
-from panet_jax.user_images import PathLike, load_image
+from panet_jax.evaluation import overlays as visualize
+from panet_jax.inference import loading, predictor
+from panet_jax.inference.user_images import PathLike, load_image
 
 
 @dataclasses.dataclass(frozen=True)

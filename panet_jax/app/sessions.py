@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from panet_jax import visualize
+from panet_jax.evaluation import overlays as visualize
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREVIEW_BG_LABEL = 4  # visualize palette index of the background in a support preview (blue)

@@ -1,9 +1,9 @@
 """Drive the app's page in Debian's Chromium with Playwright (no browser download).
 
-Used by the browser tests and by ``python tests/app/page_driver.py --screenshot=...`` (the
-docs' picture). The page's server is started as a user would (``experiments/app.py``) on a
-tiny model; image coordinates are mapped to the editor's canvas from the rendered image,
-found by the green frame every test image carries.
+Used by ``tests/app/test_page.py`` (which also makes the docs' picture). The page's server is
+started as a user would (``experiments/app.py``) on a tiny model; image coordinates are mapped
+to the editor's canvas from the rendered image, found by the green frame every test image
+carries.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from paths import EXPERIMENTS
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PANET_CHROMIUM", "/usr/bin/chromium")
 WORKING_SIZE = (64, 64)
 FRAME = (0, 255, 0)  # the test images' 2-px frame, to find them on the canvas
 MESSAGE = "#message .prose"
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # a loaded 2-core machine
 
 
 def browser_missing() -> str | None:
@@ -58,8 +58,8 @@ def tiny_model(path: Path) -> Path:
     import jax
     import jax.numpy as jnp
 
-    from panet_jax import pretrained
     from panet_jax.models.vgg import VGG16Encoder
+    from panet_jax.models.weights import vgg as pretrained
 
     encoder = VGG16Encoder(width=0.125)
     params = jax.jit(encoder.init)(jax.random.key(0), jnp.zeros((1, *WORKING_SIZE, 3)))["params"]
@@ -79,11 +79,11 @@ class Server:
     def __init__(self, checkpoint: Path, temp_dir: Path, log: Path):
         self.port, self.temp_dir = free_port(), temp_dir
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(EXPERIMENTS.parent),
                    JAX_DISABLE_MOST_OPTIMIZATIONS="true")  # the tests' XLA setting (conftest)
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "experiments" / "app.py"), f"--checkpoint={checkpoint}",
+            [sys.executable, str(EXPERIMENTS / "app.py"), f"--checkpoint={checkpoint}",
              f"--image_size={WORKING_SIZE[0]},{WORKING_SIZE[1]}", f"--port={self.port}",
              f"--temp_dir={temp_dir}"],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
