@@ -100,10 +100,15 @@ def main(argv: list[str]) -> None:
             rows.append({"shots": k, "first_click_s": first, "per_query_s": per_query,
                          **{f"click_{q}q_s": medians[q] for q in n_queries}})  # fmt: skip
             print(f"{k}-shot done", flush=True)
-    head = ["shots", "first click (compiles) s"] + [f"{q} quer{'y' if q == 1 else 'ies'} s"
-                                                   for q in n_queries] + ["each extra query s"]
-    print(f"\nVGG-16 width {FLAGS.width} at {FLAGS.size}x{FLAGS.size}, {jax.devices()[0]}, "
-          f"{os.cpu_count()} CPUs; medians of {FLAGS.repeats} clicks after the first")
+    head = (
+        ["shots", "first click (compiles) s"]
+        + [f"{q} quer{'y' if q == 1 else 'ies'} s" for q in n_queries]
+        + ["each extra query s"]
+    )
+    print(
+        f"\nVGG-16 width {FLAGS.width} at {FLAGS.size}x{FLAGS.size}, {jax.devices()[0]}, "
+        f"{os.cpu_count()} CPUs; medians of {FLAGS.repeats} clicks after the first"
+    )
     print(" | ".join(head))
     for r in rows:
         cells = [str(r["shots"]), f"{r['first_click_s']:.2f}"]

@@ -32,6 +32,9 @@ KIND_LABELS = {
 }
 LAYERS = ["foreground", "background"]
 BRUSH_COLORS = ["#e6194b", "#0082c8"]  # foreground red, background blue
+# Gradio's sweep of its cache (every hour, files older than a day): uploads of tabs that never
+# sent them to a handler; everything else goes when its tab closes or the server stops.
+CACHE_SWEEP = (3600, 86400)
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: nothing fetched
 INTRO = """\
 ### PANet few-shot segmentation
@@ -106,6 +109,9 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
             len({s.class_name for s in supports}) >= limits.MAX_CLASSES
         ):
             raise ValueError(f"at most {limits.MAX_CLASSES} classes")
+        uploads = [*((editor or {}).get(k) for k in ("background", "composite")),
+                   *((editor or {}).get("layers") or []), mask_file]  # fmt: skip
+        sessions.track(request.session_hash, uploads)
         image, layers = _read_editor(editor)
         kind = KIND_LABELS.get(kind_label, kind_label)
         fg, bg = annotations.support_masks(kind, layers, label, mask_file, image.shape[:2])
@@ -122,6 +128,7 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
         folder = sessions.folder(request.session_hash)
         out = folder / "results" / f"{sum(1 for _ in folder.glob('results/*')):03d}"
         paths = [q if isinstance(q, str) else q.name for q in (queries or [])]
+        sessions.track(request.session_hash, paths)
         result = segmenter.segment(_by_class(list(supports or [])), paths, out)
         overlays = [(str(p), caption) for p, caption in result.overlays]
         return overlays, [str(p) for p in result.masks], result.message
@@ -142,29 +149,31 @@ def build(segmenter: Segmenter, sessions: Sessions) -> gr.Blocks:
     """The page (call ``.launch`` on it)."""
     h = handlers(segmenter, sessions)
     with gr.Blocks(title="PANet few-shot segmentation", analytics_enabled=False,
-                   delete_cache=(600, 3600)) as demo:  # fmt: skip
+                   delete_cache=CACHE_SWEEP) as demo:  # fmt: skip
         supports = gr.State([])
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column():
-                class_name = gr.Textbox("object", label="Class name", elem_id="class-name")
+                with gr.Row():
+                    class_name = gr.Textbox("object", label="Class name", elem_id="class-name",
+                                            scale=1)  # fmt: skip
+                    kind = gr.Radio(list(KIND_LABELS), value="Paint mask", label="Annotation",
+                                    elem_id="annotation", scale=2)  # fmt: skip
                 editor = gr.ImageEditor(
                     type="filepath", image_mode="RGBA", sources=["upload"], format="png",
                     label="Support image", elem_id="support-editor", transforms=(),
                     brush=gr.Brush(default_size=8, colors=BRUSH_COLORS, color_mode="defaults"),
                     layers=gr.LayerOptions(allow_additional_layers=False, layers=LAYERS),
                 )  # fmt: skip
-                kind = gr.Radio(list(KIND_LABELS), value="Paint mask", label="Annotation",
-                                elem_id="annotation")  # fmt: skip
                 mask_file = gr.File(label="Mask file (for 'Mask file')", type="filepath",
-                                    elem_id="mask-file")  # fmt: skip
+                                    elem_id="mask-file", height=120)  # fmt: skip
                 add = gr.Button("Add support", elem_id="add-support")
                 gallery = gr.Gallery(label="Supports", elem_id="supports", columns=5,
-                                     height="auto")  # fmt: skip
+                                     height=240, object_fit="contain")  # fmt: skip
                 clear = gr.Button("Clear supports", elem_id="clear-supports", size="sm")
             with gr.Column():
                 queries = gr.File(label="Query images", file_count="multiple", type="filepath",
-                                  elem_id="queries")  # fmt: skip
+                                  elem_id="queries", height=140)  # fmt: skip
                 run = gr.Button("Segment", variant="primary", elem_id="segment")
                 message = gr.Markdown(elem_id="message")
                 overlays = gr.Gallery(label="Result", elem_id="overlays", columns=2,

@@ -13,8 +13,10 @@ import page_driver as drv
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.skipif(drv.browser_missing() is not None,
-                                reason=str(drv.browser_missing()))  # fmt: skip
+MISSING = drv.browser_missing()
+if MISSING and os.environ.get("PANET_REQUIRE_BROWSER", "") not in ("", "0"):  # CI: never skip
+    raise RuntimeError(f"PANET_REQUIRE_BROWSER is set, but {MISSING}")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"browser tests skipped: {MISSING}")
 
 SUPPORT_HW, SUPPORT_BOX = (120, 160), (30, 40, 90, 110)  # (y0, x0, y1, x1)
 
@@ -104,13 +106,15 @@ def test_scribbles_drawn_with_the_mouse_segment_like_predict(page, server, files
     assert fg[:, :x0].sum() == 0 and fg[y1:].sum() == 0 and fg[55:66, 55:96].any()
     assert bg[:y1].sum() == 0 and bg[100:111, 20:141].any()
     if os.environ.get("PANET_APP_SCREENSHOT"):
-        page.screenshot(path=os.environ["PANET_APP_SCREENSHOT"], full_page=True)
+        drv.save_screenshot(page, os.environ["PANET_APP_SCREENSHOT"])
     page.close()
     for _ in range(40):  # closing the tab deletes what it uploaded
         if not support.exists():
             break
         time.sleep(0.25)
     assert not support.parent.parent.exists()
+    left = {p.name for p in server.temp_dir.rglob("*") if p.is_file()}
+    assert "query.jpg" not in left, left  # nor the queries it uploaded
 
 
 def test_box_dragged_with_the_mouse_gives_a_box_support(page, server, files):

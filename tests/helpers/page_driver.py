@@ -79,8 +79,12 @@ class Server:
     def __init__(self, checkpoint: Path, temp_dir: Path, log: Path):
         self.port, self.temp_dir = free_port(), temp_dir
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(EXPERIMENTS.parent),
-                   JAX_DISABLE_MOST_OPTIMIZATIONS="true")  # the tests' XLA setting (conftest)
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=str(EXPERIMENTS.parent),
+            JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+        )  # the tests' XLA setting (conftest)
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(EXPERIMENTS / "app.py"), f"--checkpoint={checkpoint}",
@@ -118,7 +122,9 @@ class Server:
 
 def launch(playwright):
     return playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]  # root in CI
+        executable_path=CHROMIUM,
+        headless=True,
+        args=["--no-sandbox"],  # root in CI
     )
 
 
@@ -193,9 +199,15 @@ def add_queries(page, paths: list[Path]) -> None:
     if clear.count():  # the file list appends: start from an empty one
         clear.click()
         page.locator('#queries button[aria-label="Clear"]').wait_for(state="detached")
-    page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
-    for p in paths:
-        page.locator("#queries", has_text=p.name).wait_for()
+    for attempt in range(3):  # an upload made while the page is busy is sometimes dropped
+        page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
+        try:
+            for p in paths:
+                page.locator("#queries", has_text=p.name).wait_for(timeout=TIMEOUT_MS / 4)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
 
 
 def result_masks(page) -> dict[str, np.ndarray]:
@@ -207,3 +219,10 @@ def result_masks(page) -> dict[str, np.ndarray]:
         name = href.rsplit("/", 1)[-1]
         out[name] = np.asarray(Image.open(io.BytesIO(body)))
     return out
+
+
+def save_screenshot(page, path: str | Path, width: int = 1000) -> None:
+    """The whole page as a small PNG (``width`` px wide, 256 colours)."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    small = shot.resize((width, round(shot.height * width / shot.width)), Image.LANCZOS)
+    small.quantize(256).save(path, optimize=True)
