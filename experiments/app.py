@@ -53,9 +53,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.image_size is not None:
         image_size = predictor.check_image_size(FLAGS.image_size, "--image_size")
     sessions = Sessions(FLAGS.temp_dir)
-    # Gradio's cache (uploads, and the files it serves) is the app's folder: results written to
-    # a tab's folder are served from there, not copied elsewhere.
-    os.environ["GRADIO_TEMP_DIR"] = str(sessions.root)
+    os.environ["GRADIO_TEMP_DIR"] = str(sessions.root / "gradio")  # its uploads and served files
     signal.signal(signal.SIGTERM, _stop)
     demo = None
     try:

@@ -32,9 +32,9 @@ KIND_LABELS = {
 }
 LAYERS = ["foreground", "background"]
 BRUSH_COLORS = ["#e6194b", "#0082c8"]  # foreground red, background blue
-# Gradio's sweep of its cache (every hour, files older than a day): uploads of tabs that never
-# sent them to a handler; everything else goes when its tab closes or the server stops.
-CACHE_SWEEP = (3600, 86400)
+# Gradio's sweep of its cache (every 10 min, files older than an hour): the uploads it keeps and
+# the copies of results it serves. A tab's own folder goes when the tab closes.
+CACHE_SWEEP = (600, 3600)
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: nothing fetched
 INTRO = """\
 ### PANet few-shot segmentation
@@ -109,9 +109,6 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
             len({s.class_name for s in supports}) >= limits.MAX_CLASSES
         ):
             raise ValueError(f"at most {limits.MAX_CLASSES} classes")
-        uploads = [*((editor or {}).get(k) for k in ("background", "composite")),
-                   *((editor or {}).get("layers") or []), mask_file]  # fmt: skip
-        sessions.track(request.session_hash, uploads)
         image, layers = _read_editor(editor)
         kind = KIND_LABELS.get(kind_label, kind_label)
         fg, bg = annotations.support_masks(kind, layers, label, mask_file, image.shape[:2])
@@ -128,7 +125,6 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
         folder = sessions.folder(request.session_hash)
         out = folder / "results" / f"{sum(1 for _ in folder.glob('results/*')):03d}"
         paths = [q if isinstance(q, str) else q.name for q in (queries or [])]
-        sessions.track(request.session_hash, paths)
         result = segmenter.segment(_by_class(list(supports or [])), paths, out)
         overlays = [(str(p), caption) for p, caption in result.overlays]
         return overlays, [str(p) for p in result.masks], result.message

@@ -1,10 +1,9 @@
 """One temporary folder per browser tab, holding what the tab sent and what it gets back.
 
-A tab's folder is ``<root>/sessions/<session id>``; :meth:`Sessions.close` removes it, and the
-files the tab uploaded (:meth:`Sessions.track`), when the tab closes; :meth:`Sessions.close_all`
-removes the root when the server stops. Every support the page receives is written there as
-PNGs (image, fg, bg), so a result can be reproduced with :func:`panet_jax.predict` on exactly
-those files.
+A tab's folder is ``<root>/sessions/<session id>``; :meth:`Sessions.close` removes it when the
+tab closes, :meth:`Sessions.close_all` removes the root when the server stops. Every support the
+page receives is written there as PNGs (image, fg, bg), so a result can be reproduced with
+:func:`panet_jax.predict` on exactly those files.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import dataclasses
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +40,6 @@ class Sessions:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="panet_app_") if root is None else root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._uploads: dict[str, set[Path]] = {}  # session id -> files it uploaded
-
-    def track(self, session_id: str, paths: Iterable[str | Path | None]) -> None:
-        """Remember files the tab uploaded (those under the root), to delete them with it."""
-        root = self.root.resolve()
-        for p in paths:
-            if p and Path(p).resolve().is_relative_to(root):
-                self._uploads.setdefault(session_id, set()).add(Path(p).resolve())
 
     def folder(self, session_id: str) -> Path:
         """The tab's folder (created on first use)."""
@@ -63,10 +53,6 @@ class Sessions:
         """Delete the tab's folder and everything in it."""
         if _SESSION_ID.match(session_id or ""):
             shutil.rmtree(self.root / "sessions" / session_id, ignore_errors=True)
-        for path in self._uploads.pop(session_id, set()):
-            path.unlink(missing_ok=True)
-            if path.parent != self.root and not any(path.parent.iterdir()):
-                path.parent.rmdir()  # Gradio keeps each upload in a folder of its own
 
     def close_all(self) -> None:
         """Delete the root folder (server stop)."""
