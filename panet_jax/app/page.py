@@ -165,7 +165,7 @@ def build(segmenter: Segmenter, sessions: Sessions) -> gr.Blocks:
                                     elem_id="mask-file", height=120)  # fmt: skip
                 add = gr.Button("Add support", elem_id="add-support")
                 gallery = gr.Gallery(label="Supports", elem_id="supports", columns=5,
-                                     height=240, object_fit="contain")  # fmt: skip
+                                     height=240, allow_preview=False)  # fmt: skip
                 clear = gr.Button("Clear supports", elem_id="clear-supports", size="sm")
             with gr.Column():
                 queries = gr.File(label="Query images", file_count="multiple", type="filepath",
