@@ -152,3 +152,41 @@ def panet_loss(
         loss_par = jnp.zeros((), ce_sum.dtype)
     loss = loss_seg + par_weight * loss_par
     return loss, {"loss": loss, "loss_seg": loss_seg, "loss_par": loss_par}
+
+
+PROTOTYPE_DISTANCE_KEYS = tuple(
+    f"proto_{kind}{part}" for kind in ("l2", "cos") for part in ("", "_bg", "_fg")
+)
+
+
+def prototype_distance_metrics(
+    outputs: dict[str, Array], episodes: dict[str, Array], *, axis_name: str | None = None
+) -> dict[str, Array]:
+    """Mean distance between support and query-prediction prototypes over a batch (no gradient).
+
+    :func:`panet_jax.ops.prototype_distances` of every episode, averaged over the valid
+    (episode, class) pairs: ``proto_l2`` / ``proto_cos`` (Euclidean / cosine distance, all
+    classes), ``_bg`` (background) and ``_fg`` (the N ways pooled). Computed whether or not
+    PAR trains (the quantities it would align). With ``axis_name`` the values are this
+    device's shares (counts ``psum``-ed) to be ``psum``-ed like the losses; 0 when no pair is
+    valid.
+    """
+    out = jax.lax.stop_gradient(
+        {k: outputs[k] for k in ("query_features", "scores", "support_features")}
+    )
+    l2, cos, valid = jax.vmap(ops.prototype_distances)(
+        out["query_features"], out["scores"], out["support_features"],
+        episodes["support_fg"], episodes["support_bg"],
+    )  # fmt: skip
+    valid = valid.astype(l2.dtype)  # [B, 1 + N]
+    parts = {"": jnp.ones(valid.shape[-1]), "_bg": jnp.arange(valid.shape[-1]) == 0}
+    parts["_fg"] = ~parts["_bg"]
+    metrics = {}
+    for part, select in parts.items():
+        weight = valid * select.astype(valid.dtype)
+        count = jnp.sum(weight)
+        if axis_name is not None:
+            count = jax.lax.psum(count, axis_name)
+        for kind, dist in (("l2", l2), ("cos", cos)):
+            metrics[f"proto_{kind}{part}"] = jnp.sum(dist * weight) / jnp.maximum(count, 1.0)
+    return metrics

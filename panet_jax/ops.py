@@ -299,6 +299,59 @@ def support_alignment_labels(support_fg: Array, support_bg: Array) -> Array:
     return jnp.where(support_bg == 1, 0, label).astype(jnp.int32)
 
 
+def query_prototypes(query_features: Array, query_scores_lowres: Array) -> tuple[Array, Array]:
+    """PAR's query prototypes: features pooled over the hard prediction (official ``alignLoss``).
+
+    ``argmax`` of the low-resolution logits is a one-hot pseudo-mask (no gradient); each class
+    is pooled at feature resolution over all queries: ``sum F * M / (sum M + eps)``.
+
+    Args:
+      query_features: ``[Q, h, w, C]``; query_scores_lowres: ``[Q, h, w, 1 + N]``.
+    Returns:
+      ``(prototypes [1 + N, C], area [1 + N])``: background first; ``area`` is the number of
+      feature pixels predicted as each class (0: that prototype is the zero vector).
+    """
+    n_classes = query_scores_lowres.shape[-1]
+    pseudo = jax.nn.one_hot(jnp.argmax(query_scores_lowres, axis=-1), n_classes)
+    pseudo = jax.lax.stop_gradient(pseudo.astype(query_features.dtype))  # [Q, h, w, 1+N]
+    area = jnp.sum(pseudo, axis=(0, 1, 2))
+    protos = jnp.einsum("qhwp,qhwc->pc", pseudo, query_features, precision=_HIGHEST)
+    return protos / (area[:, None] + MAP_EPS), area
+
+
+def prototype_distances(
+    query_features: Array,
+    query_scores_lowres: Array,
+    support_features: Array,
+    support_fg: Array,
+    support_bg: Array,
+) -> tuple[Array, Array, Array]:
+    """Distances between the two sets of prototypes PAR aligns, for one episode.
+
+    The support prototypes of :func:`episode_prototypes` (what segments the query) against the
+    query prototypes of :func:`query_prototypes` (what PAR segments the supports with).
+
+    Args:
+      query_features: ``[Q, h, w, C]``; query_scores_lowres: ``[Q, h, w, 1 + N]``;
+      support_features: ``[N, K, h, w, C]``; support_fg, support_bg: ``[N, K, H, W]``.
+    Returns:
+      ``(euclidean [1 + N], cosine [1 + N], valid [1 + N] bool)``, background first:
+      ``|s_p - q_p|_2`` and ``1 - cos(s_p, q_p)`` (PyTorch's cosine, eps 1e-8). A class is
+      not ``valid`` when the query prediction or the support masks hold none of it (one of its
+      prototypes is then the zero vector, not a feature mean).
+    """
+    s_protos = episode_prototypes(support_features, support_fg, support_bg)
+    q_protos, area = query_prototypes(query_features, query_scores_lowres)
+    euclidean = jnp.sqrt(jnp.sum(jnp.square(s_protos - q_protos), axis=-1))
+    dots = jnp.sum(s_protos * q_protos, axis=-1)
+    norms_sq = jnp.sum(s_protos * s_protos, axis=-1) * jnp.sum(q_protos * q_protos, axis=-1)
+    cosine = 1.0 - dots / jnp.sqrt(jnp.maximum(norms_sq, COSINE_EPS * COSINE_EPS))
+    support_area = jnp.concatenate(
+        [jnp.sum(support_bg, axis=(0, 1, 2, 3))[None], jnp.sum(support_fg, axis=(1, 2, 3))]
+    )
+    return euclidean, cosine, (area > 0) & (support_area > 0)
+
+
 def alignment_loss(
     query_features: Array,
     query_scores_lowres: Array,
@@ -325,11 +378,7 @@ def alignment_loss(
     """
     n_ways, n_shots = support_fg.shape[:2]
     image_hw = support_fg.shape[-2:]
-    pseudo = jax.nn.one_hot(jnp.argmax(query_scores_lowres, axis=-1), 1 + n_ways)
-    pseudo = jax.lax.stop_gradient(pseudo.astype(query_features.dtype))  # [Q, h, w, 1+N]
-    area = jnp.sum(pseudo, axis=(0, 1, 2))  # [1+N]
-    q_protos = jnp.einsum("qhwp,qhwc->pc", pseudo, query_features, precision=_HIGHEST)
-    q_protos = q_protos / (area[:, None] + MAP_EPS)
+    q_protos, area = query_prototypes(query_features, query_scores_lowres)
     # Per way: [bg, fg_way] prototypes, shared background.
     bg = jnp.broadcast_to(q_protos[0], q_protos[1:].shape)
     way_protos = jnp.stack([bg, q_protos[1:]], axis=1)  # [N, 2, C]

@@ -9,9 +9,10 @@ directory), the run's config decides how the model sees the images (``data.image
 Preprocessing is the official evaluation one (:mod:`panet_jax.data.preprocess`): resize to
 ``image_size`` without keeping the aspect ratio (PIL bilinear; masks nearest), ImageNet
 normalisation. Support foreground = the mask; support background = the rest of the support
-image (the official 1-way rule). The query's low-resolution scores are upsampled bilinearly
-(PyTorch ``align_corners=False``) straight to the query's *original* size and thresholded
-(foreground where its score beats the background's: the 2-class argmax). Prototypes are
+image (the official 1-way rule), or the given background masks (weak supports: scribbles,
+boxes). The query's low-resolution scores are upsampled bilinearly (PyTorch
+``align_corners=False``) straight to the query's *original* size and thresholded (foreground
+where its score beats the background's: the 2-class argmax). Prototypes are
 computed once and shared by all queries.
 """
 
@@ -128,30 +129,29 @@ def load_supports(
     image_size: tuple[int, int],
     mask_value: int | None = None,
     value_range: tuple[float, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(images [K, H, W, 3] normalised float32, fg [K, H, W] float32)`` at ``image_size``;
-    ``ValueError`` naming the input that is missing, unreadable, mismatched or degenerate."""
+    bg_masks: ImageInput | Sequence[ImageInput] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images [K, H, W, 3] normalised float32, fg [K, H, W], bg [K, H, W] float32)`` at
+    ``image_size``; bg is ``bg_masks`` (read like the masks) or, without them, the rest of each
+    image. ``ValueError`` naming the input that is missing, unreadable, mismatched or
+    degenerate."""
     images_in = _as_list(support_images, "support_images", (2, 3))
     masks_in = _as_list(support_masks, "support_masks", (2,))
+    bgs_in = None if bg_masks is None else _as_list(bg_masks, "support_bg_masks", (2,))
     if not 1 <= len(images_in) <= MAX_SUPPORTS:
         raise ValueError(
             f"support_images: expected 1 to {MAX_SUPPORTS} support images, got {len(images_in)}"
         )
-    if len(masks_in) != len(images_in):
-        raise ValueError(
-            f"support_masks: got {len(masks_in)} masks for {len(images_in)} support images"
-        )
-    images, masks = [], []
+    for name, given in (("support_masks", masks_in), ("support_bg_masks", bgs_in)):
+        if given is not None and len(given) != len(images_in):
+            raise ValueError(f"{name}: got {len(given)} masks for {len(images_in)} support images")
+    images, masks, bgs = [], [], []
     for i, (img_in, mask_in) in enumerate(zip(images_in, masks_in, strict=True)):
         img_name = describe(f"support_images[{i}]", img_in)
         mask_name = describe(f"support_masks[{i}]", mask_in)
         img = load_image(img_in, img_name, value_range)
         mask = load_mask(mask_in, mask_name, mask_value)
-        if mask.shape != img.shape[:2]:
-            raise ValueError(
-                f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {img_name} "
-                f"is {img.shape[1]}x{img.shape[0]}"
-            )
+        _check_same_size(mask, mask_name, img, img_name)
         if not mask.any():
             what = f"no pixel == {mask_value}" if mask_value is not None else "no non-zero pixel"
             raise ValueError(f"{mask_name} is empty ({what}): nothing marks the object")
@@ -162,14 +162,31 @@ def load_supports(
                 f"{mask_name}: the object ({int(mask.sum())} px) vanishes when the mask is resized "
                 f"to {side}; use a larger object or support image"
             )
-        if small.all():
+        if bgs_in is None:
+            bg = ~small
+        else:
+            bg_name = describe(f"support_bg_masks[{i}]", bgs_in[i])
+            bg = load_mask(bgs_in[i], bg_name)
+            _check_same_size(bg, bg_name, img, img_name)
+            bg = preprocess.resize_label(bg, image_size)
+        if not bg.any():
             raise ValueError(
-                f"{mask_name} marks the whole image (at {side}): PANet needs background pixels "
-                "in a support to tell the object from the rest"
+                f"{mask_name}: no background pixel at {side} (the object covers the whole image, "
+                "or the background mask is empty): PANet needs background pixels in a support "
+                "to tell the object from the rest"
             )
         images.append(preprocess.normalize_image(preprocess.resize_image(img, image_size)))
         masks.append(small)
-    return np.stack(images), np.stack(masks).astype(np.float32)
+        bgs.append(bg)
+    return np.stack(images), np.stack(masks).astype(np.float32), np.stack(bgs).astype(np.float32)
+
+
+def _check_same_size(mask: np.ndarray, mask_name: str, img: np.ndarray, img_name: str) -> None:
+    if mask.shape != img.shape[:2]:
+        raise ValueError(
+            f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {img_name} "
+            f"is {img.shape[1]}x{img.shape[0]}"
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,11 +197,12 @@ def _compiled(model: PANet):
         return model.encoder.apply(variables, images)
 
     @jax.jit
-    def prototypes(variables, images, fg):
-        """images ``[K, H, W, 3]``, fg ``[K, H, W]`` -> ``[2, C]`` (bg, fg)."""
+    def prototypes(variables, images, fg, bg):
+        """images ``[K, H, W, 3]``, fg / bg ``[K, H, W]`` -> ``[2, C]`` (bg, fg)."""
         feats = encode(variables, images)[None]  # [1, K, h, w, C]
-        fg = fg[None].astype(feats.dtype)
-        return ops.episode_prototypes(feats, fg, 1.0 - fg)
+        return ops.episode_prototypes(
+            feats, fg[None].astype(feats.dtype), bg[None].astype(feats.dtype)
+        )
 
     @jax.jit
     def scores(variables, image, protos):
@@ -246,6 +264,7 @@ def predict(
     mask_value: int | None = None,
     value_range: tuple[float, float] | None = None,
     step: int | None = None,
+    support_bg_masks: ImageInput | Sequence[ImageInput] | None = None,
 ) -> list[np.ndarray]:
     """Segment ``query_images`` given 1-5 annotated support images of one class.
 
@@ -266,6 +285,9 @@ def predict(
       scale: cosine scaling alpha (default: the run's; it does not change the argmax).
       value_range: ``(0, 1)`` or ``(0, 255)`` for float image arrays (otherwise refused).
       step: checkpoint step (default: the latest).
+      support_bg_masks: one background mask per support (non-zero = background), for weak
+        supports (scribbles, boxes) whose background is not the rest of the image; default:
+        background = every pixel outside the support mask.
     Returns:
       One uint8 ``[H_i, W_i]`` mask per query (1 = foreground) at the query's original size.
     Raises:
@@ -273,8 +295,8 @@ def predict(
     """
     settings = resolve_settings(source, image_size=image_size, width=width, dtype=dtype,
                                 scale=scale)  # fmt: skip
-    images, fg = load_supports(support_images, support_masks, settings.image_size, mask_value,
-                               value_range)  # fmt: skip
+    images, fg, bg = load_supports(support_images, support_masks, settings.image_size,
+                                   mask_value, value_range, support_bg_masks)  # fmt: skip
     queries = _as_list(query_images, "query_images", (2, 3))
     if not queries:
         raise ValueError("query_images: expected at least one query image, got none")
@@ -284,7 +306,7 @@ def predict(
     model, variables = _model_and_params(source, settings, step)
     prototypes_fn, scores_fn = _compiled(model)
     dtype_ = np.float64 if settings.dtype == "float64" else np.float32
-    protos = prototypes_fn(variables, images.astype(dtype_), fg.astype(dtype_))
+    protos = prototypes_fn(variables, images.astype(dtype_), fg.astype(dtype_), bg.astype(dtype_))
     out = []
     for q in query_arrays:
         image = preprocess.normalize_image(preprocess.resize_image(q, settings.image_size))

@@ -1,21 +1,20 @@
-"""Per-executable XLA compiler options: the fastest measured settings of each step on CPU.
+"""Per-executable XLA compiler options of each step, per platform.
 
-XLA:CPU (jaxlib 0.10.2) hands convolutions and dots to YNNPACK fusions (``ynn_fusion.*``).
-For the *training* step, whose time is dominated by convolution weight gradients, these are
-slower than XLA's own (Eigen) convolutions: with them off the full VGG-16 step went from
-1.7-2.6x to 0.74-0.88x PyTorch's time on a 2-core AVX2 machine, and took 0.55-0.95x
-the time of XLA's defaults on a 2-core AVX-512 EPYC (the larger the images and the more shots,
-the larger the gain). The evaluator's full-width forward is as fast (1-shot) or 3-13% faster
-(5-shot) without them, so ``'eval'`` turns them off too (a 1/8-width forward is ~25% faster
-*with* them, but takes milliseconds). ``'predict'`` (one image at a time, like a 1-shot
-forward: no measured gain) keeps XLA's defaults (``benchmarks/benchmark.py``; README,
-"Figures measured so far").
+* CPU: XLA:CPU (jaxlib 0.10.2) hands convolutions and dots to YNNPACK fusions
+  (``ynn_fusion.*``), whose convolution kernel gradients are slower than XLA's own (Eigen)
+  convolutions; the train and eval steps are compiled with them off. ``'predict'`` (one image
+  at a time) keeps XLA's defaults. Figures: ``docs/performance.md``
+  (``benchmarks/benchmark.py``).
+* GPU: XLA's Triton GEMM emitter finds no tiling for some of the steps' small matmuls (the
+  bilinear resize of PAR's 5-shot step, the cosine scores of large batches) and the compile
+  fails; those matmuls go to cuBLAS instead (``experiments/compile_for.py`` compiles the steps
+  for GPUs on any machine).
 
 The options are passed per executable (``jax.jit(..., compiler_options=...)`` or
 ``lowered.compile(options)``), so nothing global changes: other programs in the process and
 the user's environment are untouched. An option the user sets in ``XLA_FLAGS`` is not
 overridden (per-executable options would win over ``XLA_FLAGS``, so it is left out here).
-Off CPU there are none.
+Other platforms get none.
 """
 
 from __future__ import annotations
@@ -38,7 +37,12 @@ CPU_OPTIONS: dict[str, dict[str, Any]] = {
     "eval": {YNN_FUSION_TYPE: ""},
     "predict": {},
 }
+TRITON_GEMM = "xla_gpu_enable_triton_gemm"
+GPU_OPTIONS: dict[str, dict[str, Any]] = {kind: {TRITON_GEMM: False} for kind in CPU_OPTIONS}
+OPTIONS = {"cpu": CPU_OPTIONS, "gpu": GPU_OPTIONS}
 KINDS = tuple(CPU_OPTIONS)
+# JAX's platform names -> the keys of OPTIONS.
+_PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
 
 
 def user_xla_flags(env: Mapping[str, str] | None = None) -> set[str]:
@@ -63,8 +67,9 @@ def compiler_options(
     (``env``: default ``os.environ``). None when nothing is to be set."""
     if kind not in CPU_OPTIONS:
         raise ValueError(f"unknown step kind {kind!r}; expected one of {KINDS}")
-    if (platform or jax.default_backend()) != "cpu":
+    table = OPTIONS.get(_PLATFORMS.get(platform or jax.default_backend(), ""))
+    if table is None:
         return None
     user = user_xla_flags(env)
-    options = {k: v for k, v in CPU_OPTIONS[kind].items() if k not in user}
+    options = {k: v for k, v in table[kind].items() if k not in user}
     return options or None

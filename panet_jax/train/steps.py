@@ -17,7 +17,7 @@ import ml_collections
 
 from panet_jax import ops
 from panet_jax.evaluation import metrics
-from panet_jax.model import PANet, panet_loss
+from panet_jax.model import PANet, panet_loss, prototype_distance_metrics
 from panet_jax.runtime.parallel import BATCH_AXIS
 from panet_jax.train import optim
 from panet_jax.train.state import TrainState
@@ -38,7 +38,9 @@ def make_train_step(
     :func:`panet_jax.model.panet_loss` returns this device's share of the global loss
     (normalisers ``psum``-ed), so the ``psum`` of the shares and of their gradients is the
     single-device loss on the whole global batch. Metrics (global, the same on every device):
-    ``loss``, ``loss_seg``, ``loss_par``, ``lr`` (the rate this update used).
+    ``loss``, ``loss_seg``, ``loss_par``, ``lr`` (the rate this update used), and the
+    prototype distances of :func:`panet_jax.model.prototype_distance_metrics` (``proto_*``,
+    computed with or without PAR, no gradient).
     """
     schedule = optim.schedule_from_config(config.optim)
     loss_kwargs = dict(
@@ -58,7 +60,9 @@ def make_train_step(
 
         def loss_fn(p):
             outputs = state.apply_fn(state.variables(p), batch)
-            return panet_loss(outputs, batch, **loss_kwargs)
+            loss, loss_metrics = panet_loss(outputs, batch, **loss_kwargs)
+            distances = prototype_distance_metrics(outputs, batch, axis_name=axis_name)
+            return loss, {**loss_metrics, **distances}
 
         (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         if axis_name is not None:

@@ -109,8 +109,9 @@ def test_cli_writes_original_size_outputs_like_the_api(files, tmp_path):
     np.testing.assert_array_equal(np.asarray(palette_mask), api[0])
 
 
-def _model_scores(variables, img, mask, query, dtype):
-    """The PANet module's upsampled fg-minus-bg score of a 1-shot episode (the reference)."""
+def _model_scores(variables, img, mask, query, dtype, bg=None):
+    """The PANet module's upsampled fg-minus-bg score of a 1-shot episode (the reference;
+    support background ``bg``, default the rest of the image)."""
     jdtype = jnp.dtype(dtype)
     model = PANet(VGG16Encoder(width=WIDTH, dtype=jdtype, param_dtype=jdtype))
     fg = mask[None, None, None].astype(dtype)
@@ -118,7 +119,7 @@ def _model_scores(variables, img, mask, query, dtype):
     episode = {
         "support_images": norm(img)[None, None, None],
         "support_fg": fg,
-        "support_bg": 1.0 - fg,
+        "support_bg": 1.0 - fg if bg is None else bg[None, None, None].astype(dtype),
         "query_images": norm(query)[None, None],
         "query_labels": np.zeros((1, 1, *SIZE), np.int32),
         "class_ids": np.ones((1, 1), np.int32),
@@ -146,6 +147,30 @@ def test_predict_matches_the_model_at_training_size(files):
     sure = np.abs(margin64) > 20 * 2 * tol.layers_rel(13, 9 * 32)
     assert sure.mean() > 0.9
     np.testing.assert_array_equal(got32[sure], expected[sure])
+
+
+def test_support_background_masks_reach_the_model(files):
+    """A weak support's own background (here a stripe, as a background scribble) gives the
+    model's output with that background, exactly in float64; omitted, the rest of the image."""
+    rng = np.random.default_rng(2)
+    img, mask = _scene(rng, *SIZE, (8, 8, 25, 25))
+    query, _ = _scene(rng, *SIZE, (3, 10, 20, 30))
+    stripe = np.zeros(SIZE, bool)
+    stripe[28:31, 2:30] = True
+    with jax.enable_x64(True):
+        want = _model_scores(files["variables"], img, mask, query, np.float64, stripe) > 0
+        (got,) = panet_jax.predict(files["variables"], img, mask, [query], image_size=SIZE,
+                                   dtype="float64", support_bg_masks=[stripe])  # fmt: skip
+        (rest,) = panet_jax.predict(files["variables"], img, mask, [query], image_size=SIZE,
+                                    dtype="float64", support_bg_masks=[~mask])  # fmt: skip
+        (default,) = panet_jax.predict(files["variables"], img, mask, [query], image_size=SIZE,
+                                       dtype="float64")  # fmt: skip
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    np.testing.assert_array_equal(rest, default)
+    assert not np.array_equal(got, default)  # the background mask mattered
+    with pytest.raises(ValueError, match=r"support_masks\[0\]: no background pixel"):
+        panet_jax.predict(files["variables"], img, mask, [query], image_size=SIZE,
+                          support_bg_masks=[np.zeros(SIZE, bool)])  # fmt: skip
 
 
 def test_mask_value_and_nonzero_rule(files, tmp_path):

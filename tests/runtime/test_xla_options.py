@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from panet_jax.runtime import parallel, xla_options
 
 YNN = xla_options.YNN_FUSION_TYPE
+TRITON = xla_options.TRITON_GEMM
 USER_FLAGS = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"}
 
 
@@ -43,14 +44,18 @@ def test_options_per_kind_and_platform():
     assert xla_options.compiler_options("train", "cpu", env={}) == {YNN: ""}
     assert xla_options.compiler_options("eval", "cpu", env={}) == {YNN: ""}
     assert xla_options.compiler_options("predict", "cpu", env={}) is None
-    for platform in ("gpu", "tpu"):
-        assert xla_options.compiler_options("train", platform, env={}) is None
+    for platform in ("gpu", "cuda"):  # cuBLAS for the matmuls Triton cannot tile
+        for kind in xla_options.KINDS:
+            assert xla_options.compiler_options(kind, platform, env={}) == {TRITON: False}
+    assert xla_options.compiler_options("train", "tpu", env={}) is None
     with pytest.raises(ValueError, match="unknown step kind"):
         xla_options.compiler_options("training", "cpu")
 
 
 def test_user_xla_flags_win():
     assert xla_options.compiler_options("train", "cpu", env=USER_FLAGS) is None
+    gpu_user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
+    assert xla_options.compiler_options("train", "cuda", env=gpu_user) is None
     other = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2  --xla_force_host_platform_device_count=4"}
     assert xla_options.compiler_options("train", "cpu", env=other) == {YNN: ""}
     assert xla_options.user_xla_flags({"XLA_FLAGS": "--nofoo --bar=1 -baz"}) >= {"foo", "bar"}
