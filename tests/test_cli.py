@@ -345,10 +345,10 @@ def test_the_non_finite_stop_always_exits_promptly(world, tmp_path):
         if len(procs) == 2 or i == 5:  # two at a time on a 2-core machine
             for p in procs:
                 try:
-                    _, err = p.communicate(timeout=180)
+                    _, err = p.communicate(timeout=600)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    pytest.fail("a diverged run did not exit within 180 s")
+                    pytest.fail("a diverged run did not exit within 600 s (a hang)")
                 assert p.returncode == 1 and "non-finite loss" in err, err[-2000:]
                 assert "Traceback" not in err
             procs = []

@@ -37,7 +37,7 @@ def error_lines(stderr: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_cli(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python experiments/<script> args`` (or ``benchmarks/<script>``) from the repo root."""
     path = EXPERIMENTS / script if (EXPERIMENTS / script).exists() else BENCHMARKS / script
     return subprocess.run([sys.executable, str(path), *args], env=h.subprocess_env(1),

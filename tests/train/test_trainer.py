@@ -104,7 +104,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, data_dir):
             proc.send_signal(signal.SIGTERM)
             break
     lines += proc.stderr.readlines()
-    assert proc.wait(timeout=120) == 0, "".join(lines[-40:])
+    assert proc.wait(timeout=600) == 0, "".join(lines[-40:])
     stopped = [int(m.group(1)) for ln in lines if (m := re.search(r"stopping at step (\d+)", ln))]
     assert stopped and 2 <= stopped[0] < 30, "".join(lines[-40:])
     with checkpointing.Checkpointer(cut / "checkpoints", read_only=True) as ckpt:
@@ -171,7 +171,7 @@ def test_two_processes_train_together(tmp_path, data_dir, impl, local_devices):
 
 
 def test_unknown_override_fails_at_start(tmp_path):
-    proc = h.run_train(tmp_path / "wd", "--config.train.no_such_key=1", check=False, timeout=120)
+    proc = h.run_train(tmp_path / "wd", "--config.train.no_such_key=1", check=False, timeout=600)
     assert proc.returncode != 0
     assert "no_such_key" in proc.stderr
     assert not (tmp_path / "wd").exists()

@@ -386,7 +386,7 @@ def test_command_line_error_is_one_line(tmp_path, pristine):
     cmd = [sys.executable, str(EXPERIMENTS / "prepare_data.py"), "--dataset=folder",
            f"--manual_dir={pets}", f"--data_dir={tmp_path / 'tfds'}"]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (f"prepare_data.py: error: {pets}/owl/notes.txt: not an image file (by its "

@@ -411,7 +411,7 @@ def run_convert(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, CONVERT, *args], capture_output=True, text=True, env=env, cwd=REPO,
-        timeout=120,
+        timeout=600,
     )  # fmt: skip
 
 
