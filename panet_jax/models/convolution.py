@@ -7,11 +7,9 @@ those transposes have a minor axis of 2 and crawl. For a stride-1 convolution wi
 padding the kernel gradient is unchanged if the batch is instead stacked into one tall image:
 each image keeps its own zero padding rows, and the output gradient gets zero rows opposite
 them, so no window straddles two images. The batch axis is then 1 and both transposes vanish
-(``_kernel_grad_stacked``). Values and the input gradient are XLA's own.
+(``_kernel_grad_stacked``). Values and the input gradient are XLA's own; the gain is in the
+1-shot steps (figures in ``docs/performance.md``).
 
-Measured on a 2-core AVX-512 EPYC (full VGG-16 train step, the two compiled in one process and
-timed alternately): 241x241 1-shot 1.92 -> 1.72 s, 417x417 1-shot 5.18 -> 4.83 s; 5-shot
-(B = 6) unchanged.
 Off CPU the kernel gradient is XLA's (``lax.platform_dependent``, decided when lowering, so a
 TPU program compiled ahead of time on a CPU host gets the TPU formulation).
 """

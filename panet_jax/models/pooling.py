@@ -5,13 +5,12 @@ stem) sends each window's gradient to the window's *first* maximum in row-major 
 ``reduce_window`` max has the same rule, but its gradient is a ``select_and_scatter``, which
 XLA:CPU rewrites into a ``reduce_window`` carrying four int32 index arrays plus a ``scatter``.
 On CPU, :func:`max_pool_3x3` computes the same gradient as nine strided comparisons and nine
-interior-padded adds, which XLA fuses into two elementwise loops. Full VGG-16 train step at
-417x417, 5-shot, on a 2-core AVX-512 EPYC: 16.8 -> 15.9 s per step, XLA's temporary buffers
-3.9 -> 2.7 GiB, peak RSS 4.7 -> 3.4 GiB.
+interior-padded adds, which XLA fuses into two elementwise loops: a faster step with smaller
+temporary buffers (figures in ``docs/performance.md``).
 
-Elsewhere the native ``select_and_scatter`` is leaner (the same step on a v5e: 1.24 GiB per chip
-with it, 1.73 GiB with the slices). ``lax.platform_dependent`` chooses when lowering, so a TPU
-program compiled ahead of time on a CPU host (:mod:`panet_jax.aot`) gets the TPU form. The
+Elsewhere the native ``select_and_scatter`` is leaner (less memory per TPU chip).
+``lax.platform_dependent`` chooses when lowering, so a TPU program compiled ahead of time on a
+CPU host (:mod:`panet_jax.aot`) gets the TPU form. The
 forward pass is the plain ``reduce_window`` max everywhere (faster on CPU than nine strided
 maxima).
 """
