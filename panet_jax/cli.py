@@ -67,6 +67,8 @@ def error_message(e: BaseException) -> str:
         cause = "" if isinstance(e, OSError) else f" ({errors.first_line(e)})"
         advice = "free some space" if code in (errno.ENOSPC, errno.EDQUOT) else "fix it"
         return f"{errors.RESOURCE_ERRNOS[code]}{where}{cause}; {advice} and run again"
+    if isinstance(e, OSError) and e.strerror and e.filename and str(e).startswith("[Errno"):
+        return f"{e.filename!r}: {e.strerror[:1].lower()}{e.strerror[1:]}"  # a bare OS error
     if isinstance(e, Image.DecompressionBombError):
         return f"an image is too large to decode safely: {errors.first_line(e)}"
     if isinstance(e, MemoryError):

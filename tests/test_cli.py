@@ -84,6 +84,7 @@ CASE_IDS = [
     "gpu-check-out-exists",
     "convert-output-exists",
     "evaluate-unknown-config-argument",
+    "analyze-out-is-a-file",
 ]
 
 
@@ -269,6 +270,8 @@ def _cli_cases(world) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
         ("train-unknown-config-argument", "train.py",
          [f"--config={h.RUNLOCAL},folds=2", f"--workdir={world['root'] / 'n10'}"],
          ("folds", "expected one of")),
+        ("analyze-out-is-a-file", "analyze.py",
+         [f"--config={h.RUNLOCAL}", f"--out={user / 'afile'}"], ("afile", "not a directory")),
         ("evaluate-unknown-config-argument", "evaluate.py",
          [f"--config={h.RUNLOCAL},shots=5", f"--checkpoint={wd}"], ("shots", "expected one of")),
         ("segment-decompression-bomb-query", "segment.py",

@@ -822,7 +822,7 @@ def test_empty_cluster_falls_back_to_the_pooled_mean():
     np.testing.assert_allclose(sorted(got.tolist()), sorted([[1, 0], [0, 1], [0.5, 0.5]]))
 
 
-def _episode(rng, n=2, k=2, hw=(24, 20), fhw=(6, 5), c=8):
+def _kmeans_episode(rng, n=2, k=2, hw=(24, 20), fhw=(6, 5), c=8):
     supp = rng.standard_normal((n, k, *fhw, c))
     qry = rng.standard_normal((1, *fhw, c))
     fg = np.zeros((n, k, *hw))
@@ -832,7 +832,7 @@ def _episode(rng, n=2, k=2, hw=(24, 20), fhw=(6, 5), c=8):
 
 def test_multi_prototype_scores_best_prototype_and_panet_background():
     rng = np.random.default_rng(3)
-    supp, qry, fg, bg = _episode(rng)
+    supp, qry, fg, bg = _kmeans_episode(rng)
     key, k = jax.random.key(5), 3
     scores = jax.jit(ops.multi_prototype_scores, static_argnums=4)
     with jax.enable_x64(True):
@@ -851,7 +851,7 @@ def test_multi_prototype_scores_best_prototype_and_panet_background():
 
 def test_head_with_one_prototype_is_panet():
     rng = np.random.default_rng(4)
-    supp, qry, fg, bg = (x[None] for x in _episode(rng))
+    supp, qry, fg, bg = (x[None] for x in _kmeans_episode(rng))
     with jax.enable_x64(True):
         a = jax.jit(panet_head)(supp, qry, fg, bg)["logits"]
         want = npref.episode_forward(supp[0], fg[0], bg[0], qry[0], ops.DEFAULT_SCALE)[1]

@@ -199,8 +199,12 @@ def add_queries(page, paths: list[Path]) -> None:
     if clear.count():  # the file list appends: start from an empty one
         clear.click()
         page.locator('#queries button[aria-label="Clear"]').wait_for(state="detached")
+    def listed() -> int:
+        return sum(page.locator("#queries", has_text=p.name).count() > 0 for p in paths)
+
     for attempt in range(3):  # an upload made while the page is busy is sometimes dropped
-        page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
+        if attempt == 0 or listed() == 0:  # re-send only what never arrived (the list appends)
+            page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
         try:
             for p in paths:
                 page.locator("#queries", has_text=p.name).wait_for(timeout=TIMEOUT_MS / 4)

@@ -128,7 +128,7 @@ def test_two_processes_train_together(tmp_path, data_dir, impl, local_devices):
         subprocess.Popen(
             [
                 sys.executable,
-                __file__.replace("test_train.py", "train_helpers.py"),
+                h.__file__,
                 "dist-train",
                 wd,
                 data_dir,
