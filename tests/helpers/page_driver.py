@@ -205,9 +205,9 @@ def add_queries(page, paths: list[Path]) -> None:
     for attempt in range(3):  # an upload made while the page is busy is sometimes dropped
         if attempt == 0 or listed() == 0:  # re-send only what never arrived (the list appends)
             page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
-        try:
+        try:  # a slow upload is waited for in full before anything is re-sent
             for p in paths:
-                page.locator("#queries", has_text=p.name).wait_for(timeout=TIMEOUT_MS / 4)
+                page.locator("#queries", has_text=p.name).wait_for(timeout=TIMEOUT_MS)
             return
         except Exception:
             if attempt == 2:
