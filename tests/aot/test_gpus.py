@@ -120,14 +120,18 @@ def test_gpu_memory_matches_the_cpu_compile_of_the_same_step(one_gpu):
     """The same shard_map train step on one CPU device: XLA places the same argument and
     output buffers on both (dense layouts, no tiling: byte for byte), donation aliases the
     same state. The temporaries differ by design (cuDNN vs XLA:CPU convolution forms, other
-    fusions), within a factor of 3 at this size."""
+    fusions), within a factor of 3 at this size, once the cuBLAS-lt workspace the GPU program
+    holds for the matmuls :mod:`panet_jax.runtime.xla_options` sends to cuBLAS (4 MiB, whatever
+    the model's size) is set aside."""
     cfg, (train, _) = one_gpu
     lower, _, _ = aot_compile._lowerable(cfg, "train", "shard_map", jax.devices("cpu")[:1])
     cpu = lower().compile().memory_analysis()
     assert train.argument_bytes == cpu.argument_size_in_bytes
     assert train.output_bytes == cpu.output_size_in_bytes
     assert train.alias_bytes == cpu.alias_size_in_bytes
-    assert 1 / 3 < train.temp_bytes / cpu.temp_size_in_bytes < 3, (train.temp_bytes, cpu)
+    workspace = 4 * 2**20 if train.custom_calls.get("__cublas$lt$matmul") else 0
+    gpu_temp = train.temp_bytes - workspace
+    assert 1 / 3 < gpu_temp / cpu.temp_size_in_bytes < 3, (train.temp_bytes, cpu.temp_size_in_bytes)
 
 
 @needs_cuda
