@@ -184,14 +184,20 @@ def state_to_params(state: Mapping[str, Any], name: str, source: str,
     return params
 
 
+def _leaf(params: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The leaf of ``params`` at ``path``."""
+    value: Any = params
+    for p in path:
+        value = value[p]
+    return value
+
+
 def params_to_state(params: Mapping[str, Any], spec: ViTSpec) -> dict[str, np.ndarray]:
     """The official-key state dict (float32 NumPy, torch layouts) of Flax params."""
     state = {}
     for key in official_shapes(spec):
         path, layout = _flax_path(key)
-        value: Any = params
-        for p in path:
-            value = value[p]
+        value = _leaf(params, path)
         value = np.asarray(value, np.float32)
         if layout == "linear":
             value = value.T
@@ -365,9 +371,7 @@ def _state_shapes(params: Mapping[str, Any], spec: ViTSpec) -> dict[str, Any]:
     out = {}
     for key in official_shapes(spec):
         path, layout = _flax_path(key)
-        value: Any = params
-        for p in path:
-            value = value[p]
+        value = _leaf(params, path)
         shape = _shape(value)
         if layout == "linear" or (layout == "conv" and len(shape) == 4):
             shape = shape[::-1] if layout == "linear" else tuple(shape[i] for i in (3, 2, 0, 1))
