@@ -26,10 +26,9 @@ from jax.sharding import Mesh
 
 from panet_jax.config import base_config
 from panet_jax.model import PANet
+from panet_jax.models.weights.reader import WEIGHT_SUFFIXES
 from panet_jax.train import checkpointing
 from panet_jax.train import workdir as workdir_lib
-
-WEIGHT_SUFFIXES = (".pth", ".pt", ".h5", ".npz", ".safetensors")
 
 
 class CheckpointNotFoundError(FileNotFoundError):

@@ -127,11 +127,7 @@ def _is_resnet_npz(path: str | os.PathLike) -> bool:
     loader, whose error names it)."""
     if not os.fspath(path).lower().endswith(".npz"):
         return False
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return any(k.startswith("params/") for k in data.files)
-    except Exception:
-        return False
+    return any(k.startswith("params/") for k in reader.npz_keys(path))
 
 
 def is_dinov2_file(path: str | os.PathLike) -> bool:

@@ -17,7 +17,6 @@ import numpy as np
 
 # Every suffix some importer reads (which one applies is the importer's business).
 WEIGHT_SUFFIXES = (".pth", ".pt", ".h5", ".npz", ".safetensors")
-TORCH_SUFFIXES = (".pth", ".pt")
 TORCH_INSTALL_HINT = (
     "Reading a .pth file needs PyTorch. Install the CPU build from PyTorch's own wheel index: "
     "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu` (from PyPI "
