@@ -3,12 +3,12 @@ r"""A local web page for segmenting your own images with a trained PANet.
     python experiments/app.py --checkpoint=runs/synthetic          # http://127.0.0.1:7860
 
 ``--checkpoint``: whatever ``segment.py`` / ``panet_jax.predict`` accept (a training workdir,
-its checkpoints or a step directory, or a weight file). The page runs ``panet_jax.predict``,
-so its masks are the ones ``segment.py`` writes for the same inputs. It binds to 127.0.0.1
-(``--host`` to change), contacts no outside service (no analytics, no share link, no web
-fonts), limits uploads (``limits.MAX_FILE_SIZE``, ``limits.MAX_IMAGE_SIDE``), serves only files
-in its own temporary folder, deletes a tab's files when the tab closes and the folder when the
-server stops.
+its checkpoints or a step directory, or a weight file). The page runs ``panet_jax.Predictor``
+(what ``panet_jax.predict`` runs), so its masks are the ones ``segment.py`` writes for the same
+inputs. It binds to 127.0.0.1 (``--host`` to change), contacts no outside service (no
+analytics, no share link, no web fonts), limits uploads (``limits.MAX_FILE_SIZE``,
+``limits.MAX_IMAGE_SIDE``), serves only files in its own temporary folder, deletes a tab's
+files when the tab closes and the folder when the server stops.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ flags.DEFINE_integer("port", 7860, "Port to serve on.")
 flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
                   "size, else 417,417).")  # fmt: skip
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_integer("prototypes_per_class", None, "Foreground prototypes (k-means of the "
+                     "support features; default: the run's, else 1 = PANet).",
+                     lower_bound=1)  # fmt: skip
 flags.DEFINE_string("temp_dir", None, "Folder for uploads and results (default: a new "
                     "temporary folder); deleted when the server stops.")  # fmt: skip
 flags.mark_flags_as_required(["checkpoint"])
@@ -53,11 +56,12 @@ def main(argv: list[str]) -> None:
     if FLAGS.image_size is not None:
         image_size = predictor.check_image_size(FLAGS.image_size, "--image_size")
     sessions = Sessions(FLAGS.temp_dir)
-    os.environ["GRADIO_TEMP_DIR"] = str(sessions.root / "gradio")  # its uploads and served files
+    os.environ["GRADIO_TEMP_DIR"] = str(sessions.cache)  # its uploads and served files
     signal.signal(signal.SIGTERM, _stop)
     demo = None
     try:
-        segmenter = Segmenter(FLAGS.checkpoint, image_size=image_size, step=FLAGS.step)
+        segmenter = Segmenter(FLAGS.checkpoint, image_size=image_size, step=FLAGS.step,
+                              prototypes_per_class=FLAGS.prototypes_per_class)  # fmt: skip
         h, w = segmenter.settings.image_size
         print(f"compiling for {w}x{h} (1 shot) ...", flush=True)
         segmenter.warm_up()

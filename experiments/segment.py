@@ -14,9 +14,9 @@ a replaced file is swapped in only once its successor is complete.
 ``--checkpoint``: a training workdir, its ``checkpoints`` directory, a step directory, or
 weights (a converted ``.npz``, or ImageNet ``.pth`` / ``.h5``: the untrained model; DINOv2
 ``dinov2_vit*14*_pretrain.pth``, Hugging Face ``model.safetensors`` or their ``.npz``: training-free
-segmentation, at 518 x 518 unless ``--image_size`` says otherwise). The input size, width, dtype
-and scale are the training run's (``panet_jax.predict`` does the same); ``--image_size``
-overrides the size.
+segmentation, at 518 x 518 unless ``--image_size`` says otherwise). The input size, width, dtype,
+scale and prototypes per class are the training run's (``panet_jax.predict`` does the same);
+``--image_size`` and ``--prototypes_per_class`` override them.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ flags.DEFINE_enum(
 flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
                   "size, else 417,417; 518,518 for DINOv2 weights).")  # fmt: skip
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_integer("prototypes_per_class", None, "Foreground prototypes (k-means of the "
+                     "support features; default: the run's, else 1 = PANet).",
+                     lower_bound=1)  # fmt: skip
 flags.DEFINE_float("alpha", 0.5, "Overlay opacity, in [0, 1].")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
 flags.mark_flags_as_required(["checkpoint", "out_dir"])
@@ -115,6 +118,7 @@ def main(argv: list[str]) -> None:
         image_size=image_size,
         mask_value=FLAGS.mask_value,
         step=FLAGS.step,
+        prototypes_per_class=FLAGS.prototypes_per_class,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = [(0, 0, 0), overlays.label_color(1)]

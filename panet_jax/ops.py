@@ -235,26 +235,45 @@ def class_prototypes(
     return cosine_kmeans(points, weights, kmeans_init(key, weights, k), iterations)
 
 
+def multi_prototypes(
+    support_features: Array, support_fg: Array, support_bg: Array, k: int, key: Array
+) -> tuple[Array, Array]:
+    """``(bg [C], fg [N, k, C])``: PANet's one background prototype (:func:`support_prototypes`)
+    and ``k`` foreground prototypes per way (:func:`class_prototypes`; way ``n`` draws its
+    k-means start from ``fold_in(key, n)``).
+
+    Args: support_features ``[N, K, h, w, C]``; support_fg, support_bg ``[N, K, H, W]``.
+    """
+    _, bg = support_prototypes(support_features, support_fg, support_bg)
+    keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(support_fg.shape[0]))
+    fg = jax.vmap(class_prototypes, in_axes=(0, 0, None, 0))(support_features, support_fg, k, keys)
+    return bg, fg
+
+
+def best_prototype_logits(
+    features: Array, bg: Array, fg: Array, scale: float = DEFAULT_SCALE
+) -> Array:
+    """``[..., h, w, 1 + N]`` logits (channel 0 = background): a pixel's way score is its best
+    prototype's ``scale * cos`` (``features [..., h, w, C]``, ``bg [C]``, ``fg [N, k, C]``)."""
+    n, k, c = fg.shape
+    scores = cosine_logits(features, jnp.concatenate([bg[None], fg.reshape(-1, c)]), scale)
+    way_scores = jnp.max(scores[..., 1:].reshape(*scores.shape[:-1], n, k), axis=-1)
+    return jnp.concatenate([scores[..., :1], way_scores], axis=-1)
+
+
 def multi_prototype_scores(
     query_features: Array, support_features: Array, support_fg: Array, support_bg: Array,
     k: int, key: Array, scale: float = DEFAULT_SCALE,
 ) -> Array:  # fmt: skip
-    """:func:`query_scores` with ``k`` foreground prototypes per way: a pixel's way score is
-    its best prototype's ``scale * cos``; the background keeps PANet's one prototype. Way
-    ``n`` draws its k-means start from ``fold_in(key, n)``.
+    """:func:`query_scores` with ``k`` foreground prototypes per way (:func:`multi_prototypes`):
+    a pixel's way score is its best prototype's ``scale * cos``; the background keeps PANet's
+    one prototype.
 
     Args: as :func:`query_scores`, plus ``k`` and the PRNG ``key``.
     Returns: ``[Q, h, w, 1 + N]`` (channel 0 = background).
     """
-    _, bg = support_prototypes(support_features, support_fg, support_bg)
-    keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(support_fg.shape[0]))
-    fg = jax.vmap(class_prototypes, in_axes=(0, 0, None, 0))(
-        support_features, support_fg, k, keys
-    )  # [N, k, C]
-    n, c = fg.shape[0], fg.shape[-1]
-    scores = cosine_logits(query_features, jnp.concatenate([bg[None], fg.reshape(-1, c)]), scale)
-    way_scores = jnp.max(scores[..., 1:].reshape(*scores.shape[:-1], n, k), axis=-1)
-    return jnp.concatenate([scores[..., :1], way_scores], axis=-1)
+    bg, fg = multi_prototypes(support_features, support_fg, support_bg, k, key)
+    return best_prototype_logits(query_features, bg, fg, scale)
 
 
 def hard_labels(logits: Array) -> Array:

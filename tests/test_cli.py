@@ -69,6 +69,7 @@ CASE_IDS = [
     "segment-image-size-too-small",
     "segment-alpha-nan",
     "segment-step-not-saved",
+    "segment-zero-prototypes",
     "convert-damaged-weights",
     "prepare-voc-without-vocdevkit",
     "train-unknown-config-argument",
@@ -250,6 +251,12 @@ def _cli_cases(world) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
             "segment.py",
             [f"--checkpoint={wd / 'checkpoints' / '7'}", *seg],
             ("7",),
+        ),
+        (
+            "segment-zero-prototypes",
+            "segment.py",
+            [f"--checkpoint={wd}", "--prototypes_per_class=0", *seg],
+            ("--prototypes_per_class",),
         ),
         (
             "convert-damaged-weights",

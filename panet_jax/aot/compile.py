@@ -150,6 +150,9 @@ def _knobs(config: ml_collections.ConfigDict, step: str) -> str:
     text = f"lower config.{key} (now {pdb}) or config.data.image_size (now {tuple(d.image_size)})"
     if m.dtype != "bfloat16":
         text += f", set config.model.dtype='bfloat16' (now {m.dtype!r})"
+    if step == "train":  # frozen parameters keep no optimiser state
+        frozen = repr(m.frozen) if m.frozen else "nothing frozen"
+        text += f", freeze encoder parts with config.model.frozen (now {frozen})"
     return text + f", or lower config.data.n_shots (now {d.n_shots})"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -32,8 +33,9 @@ KIND_LABELS = {
 }
 LAYERS = ["foreground", "background"]
 BRUSH_COLORS = ["#e6194b", "#0082c8"]  # foreground red, background blue
-# Gradio's sweep of its cache (every 10 min, files older than an hour): the uploads it keeps and
-# the copies of results it serves. A tab's own folder goes when the tab closes.
+# Gradio's sweep of its cache (every 10 min, files older than an hour): a backstop. A tab's
+# folder and the cache files it uploaded, sent or was served go when the tab closes
+# (sessions.Sessions.close).
 CACHE_SWEEP = (600, 3600)
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: nothing fetched
 INTRO = """\
@@ -84,6 +86,26 @@ def _read_editor(value: dict | None) -> tuple[np.ndarray, list[np.ndarray]]:
     return image, layers
 
 
+def _received(*values: Any) -> list[str]:
+    """The paths of the files in components' values (an editor's image and layers, a file
+    input's file or files)."""
+    paths: list[Any] = []
+    for value in values:
+        if isinstance(value, dict):  # the image editor
+            paths += [value.get("background"), value.get("composite"), *(value.get("layers") or [])]
+        else:
+            paths += value if isinstance(value, list) else [value]
+    return [p if isinstance(p, str) else p.name for p in paths if p]
+
+
+def _served_copies(cache: Path, paths: list[str]) -> list[Path]:
+    """Where Gradio keeps its copies of the files a click returns: ``<cache>/<content
+    hash>/<name>`` (``gradio.processing_utils.save_file_to_cache``)."""
+    from gradio.processing_utils import hash_file
+
+    return [cache / hash_file(p) / Path(p).name for p in paths]
+
+
 def _gallery(supports: list[Support]) -> list[tuple[str, str]]:
     return [(str(s.preview), f"{s.class_name} · {s.kind}") for s in supports]
 
@@ -109,12 +131,16 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
             len({s.class_name for s in supports}) >= limits.MAX_CLASSES
         ):
             raise ValueError(f"at most {limits.MAX_CLASSES} classes")
+        sessions.track(request.session_hash, _received(editor, mask_file))
         image, layers = _read_editor(editor)
         kind = KIND_LABELS.get(kind_label, kind_label)
         fg, bg = annotations.support_masks(kind, layers, label, mask_file, image.shape[:2])
         folder = sessions.folder(request.session_hash)
         supports.append(save_support(folder, name, kind, image, fg, bg))
-        return supports, _gallery(supports), f"Added {label} ({kind_label})."
+        gallery = _gallery(supports)
+        previews = _served_copies(sessions.cache, [path for path, _ in gallery])
+        sessions.track(request.session_hash, previews, served=True)
+        return supports, gallery, f"Added {label} ({kind_label})."
 
     @guarded(3)
     def clear_supports():
@@ -124,16 +150,26 @@ def handlers(segmenter: Segmenter, sessions: Sessions) -> dict[str, Callable[...
     def segment(queries, supports, request: gr.Request):
         folder = sessions.folder(request.session_hash)
         out = folder / "results" / f"{sum(1 for _ in folder.glob('results/*')):03d}"
-        paths = [q if isinstance(q, str) else q.name for q in (queries or [])]
+        paths = _received(list(queries or []))
+        sessions.track(request.session_hash, paths)
         result = segmenter.segment(_by_class(list(supports or [])), paths, out)
         overlays = [(str(p), caption) for p, caption in result.overlays]
+        served = [str(p) for p, _ in result.overlays] + [str(p) for p in result.masks]
+        sessions.track(request.session_hash, _served_copies(sessions.cache, served), served=True)
         return overlays, [str(p) for p in result.masks], result.message
+
+    def received(value: Any, request: gr.Request) -> None:
+        """An upload arrived (editor image, mask file, queries): its tab now holds it, even if
+        no click ever uses it."""
+        sessions.track(request.session_hash, _received(value))
 
     def close_session(request: gr.Request):
         sessions.close(request.session_hash)
+        segmenter.forget()
 
     return {"add_support": add_support, "clear_supports": clear_supports,
-            "segment": segment, "close_session": close_session}  # fmt: skip
+            "segment": segment, "received": received,
+            "close_session": close_session}  # fmt: skip
 
 
 def theme() -> gr.themes.Base:
@@ -180,5 +216,8 @@ def build(segmenter: Segmenter, sessions: Sessions) -> gr.Blocks:
                   [supports, gallery, message])  # fmt: skip
         clear.click(h["clear_supports"], None, [supports, gallery, message])
         run.click(h["segment"], [queries, supports], [overlays, masks, message])
+        editor.upload(h["received"], editor, None, show_progress="hidden")
+        for upload in (mask_file, queries):
+            upload.upload(h["received"], upload, None, show_progress="hidden")
         demo.unload(h["close_session"])
     return demo

@@ -1,12 +1,13 @@
-"""The page's model: loaded once, segmenting with :func:`panet_jax.predict`.
+"""The page's model: loaded once, segmenting with :class:`panet_jax.Predictor`.
 
 The checkpoint is read once (whatever :func:`panet_jax.predict` accepts: a training workdir,
-a checkpoint or step directory, a weight file) and kept as host arrays; each click calls
-``predict`` with those variables and the run's settings, so page, ``segment.py`` and the API
-give identical masks. Every image is resized to the run's fixed working size, so the model
-compiles once per shot count (:meth:`Segmenter.warm_up` compiles ahead of the first click).
-One class at a time: ``predict`` is 1-way; each class's mask is its own foreground-vs-rest
-decision.
+a checkpoint or step directory, a weight file) into a :class:`~panet_jax.Predictor`, the
+object ``predict`` itself runs, so page, ``segment.py`` and the API give identical masks.
+Every image is resized to the run's fixed working size, so the encoder compiles once
+(:meth:`Segmenter.warm_up` compiles ahead of the first click), and the predictor keeps the
+features of recent images: a click encodes only the supports and queries it has not seen
+(each query once for all classes). One class at a time: ``predict`` is 1-way; each class's
+mask is its own foreground-vs-rest decision.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from panet_jax.app import limits
 from panet_jax.app.sessions import Support
 from panet_jax.evaluation import overlays as visualize
-from panet_jax.inference import loading, predictor
+from panet_jax.inference import predictor
 from panet_jax.inference.user_images import PathLike, load_image
 
 
@@ -67,20 +67,29 @@ def unique_slugs(names: Sequence[str]) -> list[str]:
     return [f"{s}_{i}" if slugs.count(s) > 1 else s for i, s in enumerate(slugs)]
 
 
+# Feature maps kept between clicks: every support and query of a full click (a VGG-16 map at
+# 417 x 417 is 5.8 MB in float32).
+FEATURE_CACHE_SIZE = limits.MAX_CLASSES * limits.MAX_SUPPORTS + limits.MAX_QUERIES
+
+
 class Segmenter:
-    """A loaded model and the settings ``predict`` uses for it."""
+    """A loaded model (:class:`panet_jax.Predictor`) and the page's use of it."""
 
     def __init__(
         self,
         checkpoint: PathLike,
         *,
         image_size: Sequence[int] | None = None,
+        prototypes_per_class: int | None = None,
         step: int | None = None,
+        cache_size: int = FEATURE_CACHE_SIZE,
     ):
         self.checkpoint = checkpoint
-        self.settings = predictor.resolve_settings(checkpoint, image_size=image_size)
-        variables = loading.load_variables(checkpoint, step=step)
-        self.variables = jax.tree.map(np.asarray, variables)  # host copies, read once
+        self.predictor = predictor.Predictor(
+            checkpoint, image_size=image_size, prototypes_per_class=prototypes_per_class,
+            step=step, cache_size=cache_size,
+        )  # fmt: skip
+        self.settings = self.predictor.settings
 
     def predict(
         self,
@@ -90,20 +99,22 @@ class Segmenter:
         queries: Sequence[Any],
     ) -> list[np.ndarray]:
         """:func:`panet_jax.predict` with this model (one class: K supports, Q queries)."""
-        s = self.settings
-        return predictor.predict(
-            self.variables, list(images), list(fg), list(queries), image_size=s.image_size,
-            width=s.width, dtype=s.dtype, scale=s.scale, support_bg_masks=list(bg),
-        )  # fmt: skip
+        return self.predictor(list(images), list(fg), list(queries), support_bg_masks=list(bg))
 
     def warm_up(self, shots: Sequence[int] = (1,)) -> None:
-        """Compile for these shot counts now (a synthetic support and query)."""
+        """Compile for these shot counts now (a synthetic support and query; nothing of it
+        stays in the feature cache)."""
         h, w = self.settings.image_size
         image = np.zeros((h, w, 3), np.uint8)
         fg = np.zeros((h, w), bool)
         fg[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
         for k in shots:
             self.predict([image] * k, [fg] * k, [~fg] * k, [image])
+        self.predictor.clear_cache()
+
+    def forget(self) -> None:
+        """Drop the cached features (a tab closed: nothing derived from its images stays)."""
+        self.predictor.clear_cache()
 
     def segment(
         self, classes: Mapping[str, Sequence[Support]], queries: Sequence[PathLike], out: Path

@@ -322,7 +322,7 @@ def evaluate(
       variables: PANet variables, host or device arrays (replicated onto the mesh here).
       workdir: if given, process 0 writes ``results.json``, ``results.md``, ``episodes.jsonl``
         and ``config.eval.num_images`` episode PNGs into a new directory
-        ``<workdir>/eval_<dataset>_fold<f>_<N>way<K>shot_<protocol>_<annotation>[_<i>]``.
+        ``<workdir>/eval_<dataset>_fold<f>_<N>way<K>shot_<protocol>_<annotation>[_<k>protos][_<i>]``.
       progress: show a progress bar (rate, ETA) on stderr.
       info: extra entries for ``settings`` in the reports (e.g. the checkpoint path).
     Returns:

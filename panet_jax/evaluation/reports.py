@@ -225,10 +225,12 @@ def unique_dir(base: Path) -> Path:
 
 
 def result_dir_name(config: ml_collections.ConfigDict) -> str:
+    """``eval_<dataset>_fold<f>_<N>way<K>shot_<protocol>_<annotation>[_<k>protos]``."""
     d, e = config.data, config.eval
+    k = config.model.get("prototypes_per_class", 1)
     return (
         f"eval_{d.dataset}_fold{d.fold}_{d.n_ways}way{d.n_shots}shot_{e.protocol}_"
-        f"{e.support_annotation}"
+        f"{e.support_annotation}" + (f"_{k}protos" if k > 1 else "")
     )
 
 

@@ -206,7 +206,7 @@ def _without_pretrained(config: ml_collections.ConfigDict) -> ml_collections.Con
 # Keys compared with the training run's config (warning only): evaluating elsewhere is allowed.
 RUN_DATA_KEYS = ("dataset", "fold", "coco_split", "image_size", "builder_config")
 # Model keys that are choices of the evaluation, not properties of the trained network.
-EVAL_MODEL_KEYS = ("pretrained", "dtype")
+EVAL_MODEL_KEYS = ("pretrained", "dtype", "prototypes_per_class")  # the head has no params
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -13,18 +13,28 @@ image (the official 1-way rule), or the given background masks (weak supports: s
 boxes). The query's low-resolution scores are upsampled bilinearly (PyTorch
 ``align_corners=False``) straight to the query's *original* size and thresholded (foreground
 where its score beats the background's: the 2-class argmax). Prototypes are
-computed once and shared by all queries.
+computed once and shared by all queries; with ``prototypes_per_class > 1`` (a run's
+``model.prototypes_per_class``) the foreground has that many k-means prototypes and a pixel's
+score is its best one's, as in the model (:func:`panet_jax.ops.multi_prototypes`).
+
+:class:`Predictor` loads the model once and segments like ``predict`` on every call; it can
+keep the features of the images it last encoded, so supports re-used across calls (the app's
+clicks) are encoded once. Images are encoded one at a time: one compile per image size.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from panet_jax import ops
@@ -47,6 +57,7 @@ class ModelSettings:
     encoder: str | None = None  # None: recognised from the params
     dtype: str = "float32"
     scale: float = ops.DEFAULT_SCALE
+    prototypes_per_class: int = 1
 
 
 def check_image_size(image_size: Any, name: str = "image_size") -> tuple[int, int]:
@@ -71,6 +82,7 @@ def resolve_settings(
     width: float | None = None,
     dtype: str | None = None,
     scale: float | None = None,
+    prototypes_per_class: int | None = None,
 ) -> ModelSettings:
     """The settings of ``source``'s training run (when it is a workdir / checkpoint), overridden
     by the explicit arguments that are not None."""
@@ -87,13 +99,18 @@ def resolve_settings(
             "encoder": str(config.model.encoder),
             "dtype": str(config.model.dtype),
             "scale": float(config.model.scale),
+            "prototypes_per_class": int(config.model.get("prototypes_per_class", 1)),
         }
-    given = {"image_size": image_size, "width": width, "dtype": dtype, "scale": scale}
+    given = {"image_size": image_size, "width": width, "dtype": dtype, "scale": scale,
+             "prototypes_per_class": prototypes_per_class}  # fmt: skip
     merged = {**run, **{k: v for k, v in given.items() if v is not None}}
     settings = ModelSettings(**merged)
     check_image_size(settings.image_size)
     if not (np.isfinite(settings.scale) and settings.scale > 0):
         raise ValueError(f"scale: expected a positive number, got {settings.scale!r}")
+    k = settings.prototypes_per_class
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"prototypes_per_class: expected an integer >= 1, got {k!r}")
     return dataclasses.replace(settings, image_size=tuple(int(v) for v in settings.image_size))
 
 
@@ -191,26 +208,31 @@ def _check_same_size(mask: np.ndarray, mask_name: str, img: np.ndarray, img_name
 
 @functools.lru_cache(maxsize=8)
 def _compiled(model: PANet):
-    """Jitted support prototypes and query score of one model."""
-
-    def encode(variables, images):
-        return model.encoder.apply(variables, images)
+    """Jitted encoder, prototypes and fg-minus-bg score of one model."""
 
     @jax.jit
-    def prototypes(variables, images, fg, bg):
-        """images ``[K, H, W, 3]``, fg / bg ``[K, H, W]`` -> ``[2, C]`` (bg, fg)."""
-        feats = encode(variables, images)[None]  # [1, K, h, w, C]
-        return ops.episode_prototypes(
-            feats, fg[None].astype(feats.dtype), bg[None].astype(feats.dtype)
-        )
+    def encode(variables, image):
+        """image ``[H, W, 3]`` -> ``[h, w, C]``, at least float32 (as :meth:`PANet.features`)."""
+        feats = model.encoder.apply(variables, image[None])[0]
+        return feats.astype(jnp.promote_types(feats.dtype, jnp.float32))
 
     @jax.jit
-    def scores(variables, image, protos):
-        """image ``[H, W, 3]`` -> low-resolution fg-minus-bg score ``[h, w]``."""
-        s = ops.cosine_logits(encode(variables, image[None])[0], protos, model.scale)
+    def prototypes(feats, fg, bg):
+        """feats ``[K, h, w, C]``, fg / bg ``[K, H, W]`` -> ``(bg [C], fg [1, k, C])``."""
+        feats, fg, bg = feats[None], fg[None].astype(feats.dtype), bg[None].astype(feats.dtype)
+        if model.prototypes == 1:  # PANet's masked average pooling (what the model uses)
+            fg_protos, bg_proto = ops.support_prototypes(feats, fg, bg)
+            return bg_proto, fg_protos[:, None]
+        key = jax.random.key(model.kmeans_seed)
+        return ops.multi_prototypes(feats, fg, bg, model.prototypes, key)
+
+    @jax.jit
+    def scores(feats, bg, fg):
+        """feats ``[h, w, C]`` -> low-resolution fg-minus-bg score ``[h, w]``."""
+        s = ops.best_prototype_logits(feats, bg, fg, model.scale)
         return s[..., 1] - s[..., 0]
 
-    return prototypes, scores
+    return encode, prototypes, scores
 
 
 def upsample_threshold(score: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -241,6 +263,7 @@ def _model_and_params(
     config = base_config()
     config.model.encoder, config.model.width = name, settings.width or width
     config.model.dtype, config.model.scale = settings.dtype, float(settings.scale)
+    config.model.prototypes_per_class = settings.prototypes_per_class
     if config.model.width != width:
         raise ValueError(
             f"width={config.model.width}: the {name} encoder params are width {width} (pass the "
@@ -261,6 +284,7 @@ def predict(
     width: float | None = None,
     dtype: str | None = None,
     scale: float | None = None,
+    prototypes_per_class: int | None = None,
     mask_value: int | None = None,
     value_range: tuple[float, float] | None = None,
     step: int | None = None,
@@ -283,6 +307,8 @@ def predict(
       width: encoder width multiplier (default: the run's, else inferred from the params).
       dtype: compute dtype (default: the run's ``model.dtype``, else float32).
       scale: cosine scaling alpha (default: the run's; it does not change the argmax).
+      prototypes_per_class: foreground prototypes (default: the run's
+        ``model.prototypes_per_class``, else 1 = PANet).
       value_range: ``(0, 1)`` or ``(0, 255)`` for float image arrays (otherwise refused).
       step: checkpoint step (default: the latest).
       support_bg_masks: one background mask per support (non-zero = background), for weak
@@ -293,23 +319,113 @@ def predict(
     Raises:
       ValueError: naming the argument / file (see :mod:`panet_jax.inference.user_images`).
     """
-    settings = resolve_settings(source, image_size=image_size, width=width, dtype=dtype,
-                                scale=scale)  # fmt: skip
-    images, fg, bg = load_supports(support_images, support_masks, settings.image_size,
-                                   mask_value, value_range, support_bg_masks)  # fmt: skip
+    overrides = {"image_size": image_size, "width": width, "dtype": dtype, "scale": scale,
+                 "prototypes_per_class": prototypes_per_class}  # fmt: skip
+    settings = resolve_settings(source, **overrides)
+    supports = load_supports(support_images, support_masks, settings.image_size, mask_value,
+                             value_range, support_bg_masks)  # fmt: skip
+    queries = load_queries(query_images, value_range)
+    return Predictor(source, step=step, **overrides).segment(*supports, queries)
+
+
+def load_queries(
+    query_images: ImageInput | Sequence[ImageInput], value_range: tuple[float, float] | None = None
+) -> list[np.ndarray]:
+    """The query images as uint8 ``[H_i, W_i, 3]`` at their own sizes (at least one)."""
     queries = _as_list(query_images, "query_images", (2, 3))
     if not queries:
         raise ValueError("query_images: expected at least one query image, got none")
-    query_arrays = [
+    return [
         load_image(q, describe(f"query_images[{i}]", q), value_range) for i, q in enumerate(queries)
     ]
-    model, variables = _model_and_params(source, settings, step)
-    prototypes_fn, scores_fn = _compiled(model)
-    dtype_ = np.float64 if settings.dtype == "float64" else np.float32
-    protos = prototypes_fn(variables, images.astype(dtype_), fg.astype(dtype_), bg.astype(dtype_))
-    out = []
-    for q in query_arrays:
-        image = preprocess.normalize_image(preprocess.resize_image(q, settings.image_size))
-        score = scores_fn(variables, image.astype(dtype_), protos)
-        out.append(upsample_threshold(np.asarray(score), q.shape[:2]))
-    return out
+
+
+class Predictor:
+    """A model loaded once that segments like :func:`predict` on every call.
+
+    ``Predictor(source, **settings)(support_images, support_masks, query_images, ...)`` equals
+    ``predict(source, support_images, support_masks, query_images, ..., **settings)``. With
+    ``cache_size > 0`` it keeps the encoder features of the last ``cache_size`` distinct images
+    (keyed by their pixels at the working size), so an image seen in an earlier call (a support
+    re-used across clicks, a query segmented for several classes) is not encoded again.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        source: Mapping[str, Any] | PathLike,
+        *,
+        image_size: Sequence[int] | None = None,
+        width: float | None = None,
+        dtype: str | None = None,
+        scale: float | None = None,
+        prototypes_per_class: int | None = None,
+        step: int | None = None,
+        cache_size: int = 0,
+    ):
+        self.settings = resolve_settings(
+            source, image_size=image_size, width=width, dtype=dtype, scale=scale,
+            prototypes_per_class=prototypes_per_class,
+        )  # fmt: skip
+        self.model, variables = _model_and_params(source, self.settings, step)
+        self.variables = jax.device_put(variables)  # once, not on every encoder call
+        self.cache_size = int(cache_size)
+        self._cache: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._dtype = np.float64 if self.settings.dtype == "float64" else np.float32
+        self.encoded_images = 0  # images run through the encoder so far (cache misses)
+
+    def __call__(
+        self,
+        support_images: ImageInput | Sequence[ImageInput],
+        support_masks: ImageInput | Sequence[ImageInput],
+        query_images: ImageInput | Sequence[ImageInput],
+        *,
+        mask_value: int | None = None,
+        value_range: tuple[float, float] | None = None,
+        support_bg_masks: ImageInput | Sequence[ImageInput] | None = None,
+    ) -> list[np.ndarray]:
+        """One uint8 ``[H_i, W_i]`` mask per query (arguments as :func:`predict`)."""
+        supports = load_supports(support_images, support_masks, self.settings.image_size,
+                                 mask_value, value_range, support_bg_masks)  # fmt: skip
+        return self.segment(*supports, load_queries(query_images, value_range))
+
+    def segment(
+        self, images: np.ndarray, fg: np.ndarray, bg: np.ndarray, queries: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Masks of loaded inputs: ``images [K, H, W, 3]`` normalised, ``fg`` / ``bg``
+        ``[K, H, W]`` at the working size (:func:`load_supports`); uint8 ``queries`` at their
+        own sizes (:func:`load_queries`)."""
+        _, prototypes_fn, scores_fn = _compiled(self.model)
+        feats = jnp.stack([self.features(image) for image in images])
+        protos = prototypes_fn(feats, fg.astype(self._dtype), bg.astype(self._dtype))
+        out = []
+        for q in queries:
+            image = preprocess.normalize_image(preprocess.resize_image(q, self.settings.image_size))
+            score = scores_fn(self.features(image), *protos)
+            out.append(upsample_threshold(np.asarray(score), q.shape[:2]))
+        return out
+
+    def features(self, image: np.ndarray) -> jax.Array:
+        """Encoder features ``[h, w, C]`` of one normalised image ``[H, W, 3]`` at the working
+        size (from the cache when it holds them)."""
+        image = np.ascontiguousarray(image, self._dtype)
+        key = hashlib.sha256(image.tobytes()).digest() + repr(image.shape).encode()
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        encode_fn, _, _ = _compiled(self.model)
+        feats = encode_fn(self.variables, image)
+        with self._lock:
+            self.encoded_images += 1
+            if self.cache_size > 0:
+                self._cache[key] = feats
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return feats
+
+    def clear_cache(self) -> None:
+        """Forget every cached feature map."""
+        with self._lock:
+            self._cache.clear()

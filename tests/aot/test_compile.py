@@ -184,9 +184,11 @@ def test_compiled_step_over_hbm_is_refused(single_host):
     with pytest.raises(aot.HBMExceededError, match=r"config\.train\.per_device_batch") as info:
         aot.check_fits(tight, cfg)
     assert "checkpoint copy of the state" in str(info.value)
+    assert "config.model.frozen (now nothing frozen)" in str(info.value)
     tight_eval = dataclasses.replace(ev, hbm_bytes=ev.resident_bytes - 1)
-    with pytest.raises(aot.HBMExceededError, match=r"config\.eval\.per_device_batch"):
+    with pytest.raises(aot.HBMExceededError, match=r"config\.eval\.per_device_batch") as info:
         aot.check_fits(tight_eval, cfg)
+    assert "config.model.frozen" not in str(info.value)  # evaluation keeps no optimiser state
 
 
 def test_compiler_out_of_memory_message_is_parsed():

@@ -27,6 +27,7 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray(drv.scene(rng, *SUPPORT_HW, SUPPORT_BOX)).save(d / "support.png")
     Image.fromarray(drv.scene(rng, 90, 130, (20, 30, 60, 90))).save(d / "query.jpg", quality=95)
+    Image.fromarray(drv.scene(rng, 50, 60, (10, 10, 30, 40))).save(d / "abandoned.png")
     (d / "notes.png").write_text("not an image\n")
     Image.new("RGB", (5000, 5000), (90, 90, 90)).save(d / "huge.png")
     return {"dir": d, "model": drv.tiny_model(d / "tiny.npz")}
@@ -107,12 +108,26 @@ def test_scribbles_drawn_with_the_mouse_segment_like_predict(page, server, files
     assert bg[:y1].sum() == 0 and bg[100:111, 20:141].any()
     if os.environ.get("PANET_APP_SCREENSHOT"):
         drv.save_screenshot(page, os.environ["PANET_APP_SCREENSHOT"])
+    with page.expect_request_finished(lambda r: "/queue/join" in r.url):  # its upload event
+        drv.add_queries(page, [files["dir"] / "abandoned.png"])  # never segmented
     page.close()
-    for _ in range(40):  # closing the tab deletes what it uploaded
-        if not support.exists():
+    for _ in range(120):  # closing the tab deletes what it uploaded (the cache's copies first)
+        if not support.exists() and not _tab_files_in_gradio_cache(server, files):
             break
         time.sleep(0.25)
     assert not support.parent.parent.exists()
+    assert _tab_files_in_gradio_cache(server, files) == []
+
+
+def _tab_files_in_gradio_cache(server, files) -> list[str]:
+    """Files in Gradio's cache holding the tab's uploads or results (by content or name)."""
+    names = ("support.png", "query.jpg", "abandoned.png")
+    uploads = {(files["dir"] / n).read_bytes() for n in names}
+    results = ("_overlay.png", "_mask.png", "preview.png")
+    return [
+        str(p) for p in (server.temp_dir / "gradio").rglob("*")
+        if p.is_file() and (p.name.endswith(results) or p.read_bytes() in uploads)
+    ]  # fmt: skip
 
 
 def test_box_dragged_with_the_mouse_gives_a_box_support(page, server, files):

@@ -51,3 +51,15 @@ def test_benchmark_data_smoke_run(tmp_path):
                    "--windows=2", "--window_batches=3", f"--out={out}")  # fmt: skip
     report = _report(proc, out)
     assert report["results"] and report["settings"]["image_size"] == [65, 65]
+
+
+def test_app_latency_smoke_run(tmp_path):
+    out = tmp_path / "app_latency.json"
+    proc = run_cli("app_latency.py", "--size=33", "--width=0.0625", "--shots=1,2",
+                   "--queries=1,2", "--repeats=1", "--image_side=40", f"--out={out}")  # fmt: skip
+    report = _report(proc, out)
+    assert [r["shots"] for r in report["rows"]] == [1, 2]
+    keys = ("first_click_s", "all_new_1q_s", "cached_supports_1q_s", "cached_supports_2q_s")
+    assert all(r[k] > 0 for r in report["rows"] for k in keys)
+    assert "each query s" in proc.stdout
+    assert_clean_failure(run_cli("app_latency.py", "--shots=1", f"--out={out}"), "--overwrite")

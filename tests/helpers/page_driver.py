@@ -194,24 +194,34 @@ def choose(page, label: str) -> None:
     page.locator("#annotation label", has_text=label).click()
 
 
+def _query_files(page) -> list[str]:
+    """The file names the query list shows (its rows' labels; the visible text splits a name
+    into stem and extension)."""
+    return page.locator("#queries td.filename").evaluate_all(
+        "cells => cells.map(c => c.getAttribute('aria-label'))"
+    )
+
+
 def add_queries(page, paths: list[Path]) -> None:
+    """Replace the query list by ``paths`` (uploaded once; re-sent only if none arrived)."""
     clear = page.locator('#queries button[aria-label="Clear"]')
     if clear.count():  # the file list appends: start from an empty one
         clear.click()
         page.locator('#queries button[aria-label="Clear"]').wait_for(state="detached")
-    def listed() -> int:
-        return sum(page.locator("#queries", has_text=p.name).count() > 0 for p in paths)
-
-    for attempt in range(3):  # an upload made while the page is busy is sometimes dropped
-        if attempt == 0 or listed() == 0:  # re-send only what never arrived (the list appends)
+    want = sorted(p.name for p in paths)
+    for attempt in range(2):
+        if attempt == 0 or not _query_files(page):
             page.set_input_files('#queries input[type="file"]', [str(p) for p in paths])
-        try:  # a slow upload is waited for in full before anything is re-sent
-            for p in paths:
-                page.locator("#queries", has_text=p.name).wait_for(timeout=TIMEOUT_MS)
-            return
+        try:
+            page.wait_for_function(
+                "([sel, n]) => document.querySelectorAll(sel).length >= n",
+                arg=["#queries td.filename", len(paths)], timeout=TIMEOUT_MS,
+            )  # fmt: skip
+            break
         except Exception:
-            if attempt == 2:
+            if attempt == 1:
                 raise
+    assert sorted(_query_files(page)) == want, _query_files(page)
 
 
 def result_masks(page) -> dict[str, np.ndarray]:

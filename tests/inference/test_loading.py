@@ -134,6 +134,22 @@ def test_load_model_from_a_workdir(run_41x37):
     assert predictor.resolve_settings(run_41x37, image_size=(64, 64)).image_size == (64, 64)
 
 
+def test_evaluation_adopts_the_runs_network_but_keeps_its_head_choices(run_41x37):
+    """The trained network's keys come from the run (with a warning); the head's prototypes
+    per class and the compute dtype are the evaluation's own choice (the head has no params)."""
+    from panet_jax.config import base_config
+
+    config = base_config()
+    config.model.width, config.model.prototypes_per_class, config.model.dtype = 1.0, 3, "bfloat16"
+    warnings = loading.adopt_run_model_config(config, run_41x37)
+    assert config.model.width == 1 / 16 and any("model.width=1.0" in w for w in warnings)
+    assert config.model.prototypes_per_class == 3 and config.model.dtype == "bfloat16"
+    assert not any("prototypes_per_class" in w or "dtype" in w for w in warnings)
+    settings = predictor.resolve_settings(run_41x37)
+    assert settings.prototypes_per_class == 1
+    assert predictor.resolve_settings(run_41x37, prototypes_per_class=4).prototypes_per_class == 4
+
+
 def _scene(rng, h, w):
     image = rng.integers(40, 120, (h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), bool)

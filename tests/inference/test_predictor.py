@@ -109,15 +109,28 @@ def test_cli_writes_original_size_outputs_like_the_api(files, tmp_path):
     np.testing.assert_array_equal(np.asarray(palette_mask), api[0])
 
 
-def _model_scores(variables, img, mask, query, dtype, bg=None):
-    """The PANet module's upsampled fg-minus-bg score of a 1-shot episode (the reference;
-    support background ``bg``, default the rest of the image)."""
+def test_cli_takes_the_prototypes_per_class(files, tmp_path):
+    proc = _segment(files, tmp_path, "--prototypes_per_class=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    api = panet_jax.predict(files["npz"], *zip(*files["supports"], strict=True), files["queries"],
+                            image_size=SIZE, prototypes_per_class=3)  # fmt: skip
+    for query, expected in zip(files["queries"], api, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{query.stem}_mask.png")),
+                                      expected * 255)  # fmt: skip
+
+
+def _model_scores(variables, img, mask, query, dtype, bg=None, prototypes=1):
+    """The PANet module's upsampled fg-minus-bg score of a 1-way episode (the reference;
+    ``img`` / ``mask`` one support or a list of them; support background ``bg``, default the
+    rest of the image; ``prototypes`` per class)."""
     jdtype = jnp.dtype(dtype)
-    model = PANet(VGG16Encoder(width=WIDTH, dtype=jdtype, param_dtype=jdtype))
-    fg = mask[None, None, None].astype(dtype)
+    encoder = VGG16Encoder(width=WIDTH, dtype=jdtype, param_dtype=jdtype)
+    model = PANet(encoder, prototypes=prototypes)
+    imgs, masks = (img, mask) if isinstance(img, list) else ([img], [mask])
+    fg = np.stack(masks)[None, None].astype(dtype)
     norm = lambda x: preprocess.normalize_image(preprocess.resize_image(x, SIZE)).astype(dtype)
     episode = {
-        "support_images": norm(img)[None, None, None],
+        "support_images": np.stack([norm(x) for x in imgs])[None, None],
         "support_fg": fg,
         "support_bg": 1.0 - fg if bg is None else bg[None, None, None].astype(dtype),
         "query_images": norm(query)[None, None],
@@ -171,6 +184,59 @@ def test_support_background_masks_reach_the_model(files):
     with pytest.raises(ValueError, match=r"support_masks\[0\]: no background pixel"):
         panet_jax.predict(files["variables"], img, mask, [query], image_size=SIZE,
                           support_bg_masks=[np.zeros(SIZE, bool)])  # fmt: skip
+
+
+def test_several_prototypes_per_class_match_the_model(files):
+    """``prototypes_per_class=k``: the model's k-means prototypes and best-prototype score
+    (PANet(prototypes=k), the evaluator's), exactly in float64, 2 shots; k = 1 is PANet."""
+    rng = np.random.default_rng(3)
+    (img1, m1), (img2, m2) = (_scene(rng, *SIZE, box) for box in ((4, 4, 28, 20), (10, 6, 30, 26)))
+    img1[4:28, 4:12] = 200  # a second look inside the object: two clusters
+    query, _ = _scene(rng, *SIZE, (3, 10, 20, 30))
+    query[3:20, 10:16] = 200
+    with jax.enable_x64(True):
+        got = {
+            k: panet_jax.predict(files["variables"], [img1, img2], [m1, m2], [query],
+                                 image_size=SIZE, dtype="float64", prototypes_per_class=k)[0]
+            for k in (1, 3)
+        }  # fmt: skip
+        want = {
+            k: _model_scores(files["variables"], [img1, img2], [m1, m2], query, np.float64,
+                             prototypes=k) > 0
+            for k in (1, 3)
+        }  # fmt: skip
+    for k in (1, 3):
+        np.testing.assert_array_equal(got[k], want[k].astype(np.uint8))
+    assert not np.array_equal(got[1], got[3])  # the prototypes mattered
+    with pytest.raises(ValueError, match=r"prototypes_per_class: expected an integer >= 1"):
+        panet_jax.predict(files["variables"], img1, m1, query, image_size=SIZE,
+                          prototypes_per_class=0)  # fmt: skip
+
+
+def test_predictor_reuses_cached_features_and_equals_predict(files):
+    """A :class:`panet_jax.Predictor` encodes each distinct image once while it is cached (LRU,
+    ``cache_size`` images) and gives ``predict``'s masks whatever is cached."""
+    (s1, m1), (s2, m2) = files["supports"]
+    q1, q2, q3 = files["queries"]
+    expected = panet_jax.predict(files["npz"], [s1, s2], [m1, m2], [q1, q2, q3], image_size=SIZE)
+    predictor = panet_jax.Predictor(files["npz"], image_size=SIZE, cache_size=4)
+    # Supports are encoded first, then the queries; the cache after each call, oldest first:
+    # s1 s2 q1 | s1 s2 q1 | s1 s2 q1 q2 | s2 q1 q2 q3 | s1 s2 q1 q2 (every lookup missed).
+    calls = [([q1], 3), ([q1], 0), ([q2], 1), ([q1, q2, q3], 1), ([q1, q2], 4)]
+    for queries, new in calls:
+        before = predictor.encoded_images
+        got = predictor([s1, s2], [m1, m2], queries)
+        assert predictor.encoded_images - before == new, queries
+        for q, mask in zip(queries, got, strict=True):
+            np.testing.assert_array_equal(mask, expected[files["queries"].index(q)])
+    uncached = panet_jax.Predictor(files["npz"], image_size=SIZE)
+    for _ in range(2):
+        uncached([s1], [m1], [s1])
+    assert uncached.encoded_images == 4
+    count = predictor.encoded_images
+    predictor.clear_cache()
+    predictor([s1, s2], [m1, m2], [q1])
+    assert predictor.encoded_images - count == 3
 
 
 def test_mask_value_and_nonzero_rule(files, tmp_path):
