@@ -112,6 +112,7 @@ def main(argv: list[str]) -> None:
 
     from panet_jax import files
     from panet_jax.app.segmenter import Segmenter
+    from panet_jax.runtime.provenance import provenance
 
     shots, n_queries = [int(s) for s in FLAGS.shots], sorted(int(q) for q in FLAGS.queries)
     if FLAGS.out:
@@ -139,9 +140,9 @@ def main(argv: list[str]) -> None:
         cells += [f"{r[f'cached_supports_{q}q_s']:.2f}" for q in n_queries]
         print(" | ".join([*cells, f"{r['per_query_s']:.2f}"]))
     if FLAGS.out:
-        out = {"command": " ".join(["python", *argv]), "size": FLAGS.size,
-               "width": FLAGS.width, "image_side": FLAGS.image_side, "repeats": FLAGS.repeats,
-               "cpus": os.cpu_count(), "device": str(jax.devices()[0]), "rows": rows}  # fmt: skip
+        out = {**provenance(), "size": FLAGS.size, "width": FLAGS.width,
+               "image_side": FLAGS.image_side, "repeats": FLAGS.repeats,
+               "device": str(jax.devices()[0]), "rows": rows}  # fmt: skip
         files.write_json(FLAGS.out, out, overwrite=FLAGS.overwrite)
         print(f"wrote {FLAGS.out}")
 

@@ -61,5 +61,5 @@ def test_app_latency_smoke_run(tmp_path):
     assert [r["shots"] for r in report["rows"]] == [1, 2]
     keys = ("first_click_s", "all_new_1q_s", "cached_supports_1q_s", "cached_supports_2q_s")
     assert all(r[k] > 0 for r in report["rows"] for k in keys)
-    assert "each query s" in proc.stdout
+    assert "each query s" in proc.stdout and "--shots=1,2" in report["command"]
     assert_clean_failure(run_cli("app_latency.py", "--shots=1", f"--out={out}"), "--overwrite")
