@@ -293,9 +293,9 @@ def test_import_is_light_and_predict_is_a_plain_function():
     code = (
         "import sys, types, panet_jax\n"
         "assert 'jax' not in sys.modules and 'tensorflow' not in sys.modules\n"
-        "from panet_jax import predict, load_model, make_episode\n"
-        "from panet_jax.inference.predictor import predict as p\n"
-        "assert predict is p and isinstance(predict, types.FunctionType)\n"
+        "from panet_jax import predict, load_model, make_episode, Predictor\n"
+        "from panet_jax.inference.predictor import predict as p, Predictor as P\n"
+        "assert predict is p and isinstance(predict, types.FunctionType) and Predictor is P\n"
         "assert callable(load_model) and callable(make_episode)\n"
         "assert 'tensorflow' not in sys.modules\n"
     )
