@@ -319,13 +319,14 @@ def predict(
     Raises:
       ValueError: naming the argument / file (see :mod:`panet_jax.inference.user_images`).
     """
-    overrides = {"image_size": image_size, "width": width, "dtype": dtype, "scale": scale,
-                 "prototypes_per_class": prototypes_per_class}  # fmt: skip
-    settings = resolve_settings(source, **overrides)
+    settings = resolve_settings(
+        source, image_size=image_size, width=width, dtype=dtype, scale=scale,
+        prototypes_per_class=prototypes_per_class,
+    )  # fmt: skip
     supports = load_supports(support_images, support_masks, settings.image_size, mask_value,
                              value_range, support_bg_masks)  # fmt: skip
-    queries = load_queries(query_images, value_range)
-    return Predictor(source, step=step, **overrides).segment(*supports, queries)
+    queries = load_queries(query_images, value_range)  # every input checked before the weights
+    return Predictor.from_settings(source, settings, step=step).segment(*supports, queries)
 
 
 def load_queries(
@@ -363,16 +364,41 @@ class Predictor:
         step: int | None = None,
         cache_size: int = 0,
     ):
-        self.settings = resolve_settings(
+        settings = resolve_settings(
             source, image_size=image_size, width=width, dtype=dtype, scale=scale,
             prototypes_per_class=prototypes_per_class,
         )  # fmt: skip
-        self.model, variables = _model_and_params(source, self.settings, step)
+        self._load(source, settings, step, cache_size)
+
+    @classmethod
+    def from_settings(
+        cls,
+        source: Mapping[str, Any] | PathLike,
+        settings: ModelSettings,
+        *,
+        step: int | None = None,
+        cache_size: int = 0,
+    ) -> Predictor:
+        """A predictor for settings already resolved by :func:`resolve_settings`."""
+        predictor = cls.__new__(cls)
+        predictor._load(source, settings, step, cache_size)
+        return predictor
+
+    def _load(
+        self,
+        source: Mapping[str, Any] | PathLike,
+        settings: ModelSettings,
+        step: int | None,
+        cache_size: int,
+    ) -> None:
+        self.settings = settings
+        self.model, variables = _model_and_params(source, settings, step)
         self.variables = jax.device_put(variables)  # once, not on every encoder call
+        self._encode, self._prototypes, self._scores = _compiled(self.model)
         self.cache_size = int(cache_size)
         self._cache: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._dtype = np.float64 if self.settings.dtype == "float64" else np.float32
+        self._dtype = np.float64 if settings.dtype == "float64" else np.float32
         self.encoded_images = 0  # images run through the encoder so far (cache misses)
 
     def __call__(
@@ -396,13 +422,12 @@ class Predictor:
         """Masks of loaded inputs: ``images [K, H, W, 3]`` normalised, ``fg`` / ``bg``
         ``[K, H, W]`` at the working size (:func:`load_supports`); uint8 ``queries`` at their
         own sizes (:func:`load_queries`)."""
-        _, prototypes_fn, scores_fn = _compiled(self.model)
         feats = jnp.stack([self.features(image) for image in images])
-        protos = prototypes_fn(feats, fg.astype(self._dtype), bg.astype(self._dtype))
+        protos = self._prototypes(feats, fg.astype(self._dtype), bg.astype(self._dtype))
         out = []
         for q in queries:
             image = preprocess.normalize_image(preprocess.resize_image(q, self.settings.image_size))
-            score = scores_fn(self.features(image), *protos)
+            score = self._scores(self.features(image), *protos)
             out.append(upsample_threshold(np.asarray(score), q.shape[:2]))
         return out
 
@@ -415,8 +440,7 @@ class Predictor:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        encode_fn, _, _ = _compiled(self.model)
-        feats = encode_fn(self.variables, image)
+        feats = self._encode(self.variables, image)
         with self._lock:
             self.encoded_images += 1
             if self.cache_size > 0:
