@@ -24,20 +24,14 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.inference import model_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints / step dir, or weights.")
+model_flags.define()
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
 flags.DEFINE_integer("port", 7860, "Port to serve on.")
-flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
-                  "size, else 417,417).")  # fmt: skip
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_integer("prototypes_per_class", None, "Foreground prototypes (k-means of the "
-                     "support features; default: the run's, else 1 = PANet).",
-                     lower_bound=1)  # fmt: skip
 flags.DEFINE_string("temp_dir", None, "Folder for uploads and results (default: a new "
                     "temporary folder); deleted when the server stops.")  # fmt: skip
-flags.mark_flags_as_required(["checkpoint"])
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -48,20 +42,16 @@ def main(argv: list[str]) -> None:
     from panet_jax.app import limits
     from panet_jax.app.segmenter import Segmenter
     from panet_jax.app.sessions import Sessions
-    from panet_jax.inference import predictor
 
     if not 1 <= FLAGS.port <= 65535:
         raise cli.FlagError(f"--port={FLAGS.port}: expected 1 to 65535")
-    image_size = None
-    if FLAGS.image_size is not None:
-        image_size = predictor.check_image_size(FLAGS.image_size, "--image_size")
+    model_arguments = model_flags.model_arguments()
     sessions = Sessions(FLAGS.temp_dir)
     os.environ["GRADIO_TEMP_DIR"] = str(sessions.cache)  # its uploads and served files
     signal.signal(signal.SIGTERM, _stop)
     demo = None
     try:
-        segmenter = Segmenter(FLAGS.checkpoint, image_size=image_size, step=FLAGS.step,
-                              prototypes_per_class=FLAGS.prototypes_per_class)  # fmt: skip
+        segmenter = Segmenter(FLAGS.checkpoint, **model_arguments)
         h, w = segmenter.settings.image_size
         print(f"compiling for {w}x{h} (1 shot) ...", flush=True)
         segmenter.warm_up()

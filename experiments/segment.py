@@ -24,15 +24,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags
 
 from panet_jax import cli
+from panet_jax.inference import model_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints / step dir, or weights.")
+model_flags.define()
 flags.DEFINE_multi_string("support", [], "IMAGE:MASK of one support (1 to 5 of them).")
 flags.DEFINE_multi_string("query", [], "A query image (repeatable).")
 flags.DEFINE_string("out_dir", None, "Output directory (created if missing).")
@@ -44,15 +46,9 @@ flags.DEFINE_enum(
     ["binary", "palette"],
     "binary: grey PNG 0/255; palette: 'P' PNG, index 0 background, 1 object.",
 )
-flags.DEFINE_list("image_size", None, "H,W the model sees (default: the checkpoint's training "
-                  "size, else 417,417; 518,518 for DINOv2 weights).")  # fmt: skip
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_integer("prototypes_per_class", None, "Foreground prototypes (k-means of the "
-                     "support features; default: the run's, else 1 = PANet).",
-                     lower_bound=1)  # fmt: skip
 flags.DEFINE_float("alpha", 0.5, "Overlay opacity, in [0, 1].")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
-flags.mark_flags_as_required(["checkpoint", "out_dir"])
+flags.mark_flags_as_required(["out_dir"])
 
 
 def split_support(spec: str) -> tuple[str, str]:
@@ -76,19 +72,15 @@ def output_names(queries: list[str]) -> list[str]:
     return [f"{s}_{i}" if stems.count(s) > 1 else s for i, s in enumerate(stems)]
 
 
-def _check_flags() -> tuple[int, int] | None:
-    """Validate the flags that need no file; return the ``--image_size`` override."""
-    from panet_jax.inference import predictor
-
+def _check_flags() -> dict[str, Any]:
+    """Validate the flags that need no file; return the model's keyword arguments."""
     if not FLAGS.support:
         raise ValueError("--support: give 1 to 5 supports as IMAGE:MASK")
     if not FLAGS.query:
         raise ValueError("--query: give at least one query image")
     if not (math.isfinite(FLAGS.alpha) and 0.0 <= FLAGS.alpha <= 1.0):
         raise ValueError(f"--alpha={FLAGS.alpha}: expected a number in [0, 1]")
-    if FLAGS.image_size is None:
-        return None
-    return predictor.check_image_size(FLAGS.image_size, "--image_size")
+    return model_flags.model_arguments()
 
 
 def main(argv: list[str]) -> None:
@@ -97,7 +89,7 @@ def main(argv: list[str]) -> None:
     from panet_jax.evaluation import overlays
     from panet_jax.inference import predictor
 
-    image_size = _check_flags()
+    model_arguments = _check_flags()
     supports = [split_support(s) for s in FLAGS.support]
     out_dir = Path(FLAGS.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -115,10 +107,8 @@ def main(argv: list[str]) -> None:
         [s[0] for s in supports],
         [s[1] for s in supports],
         list(FLAGS.query),
-        image_size=image_size,
         mask_value=FLAGS.mask_value,
-        step=FLAGS.step,
-        prototypes_per_class=FLAGS.prototypes_per_class,
+        **model_arguments,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = [(0, 0, 0), overlays.label_color(1)]
